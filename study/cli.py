@@ -1,0 +1,113 @@
+"""The `study` command: validate a sweep spec, run it on Ray, report its trade-off table.
+
+A spec error prints one line (field, value, fix) and exits 2 before Ray or MLflow is touched and
+before anything is written; --debug shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from study.spec import SpecError, SweepSpec, load_spec
+
+
+def _print_trials(spec: SweepSpec) -> None:
+    configs = spec.expand()
+    print(f"study {spec.name}: {len(configs)} trials")
+    header = f"{'#':>3}  {'trial_key':<16}  {'source':<16} {'arch':<14} {'norm':<5} {'eps':>8} {'seed':>4}"
+    print(header)
+    for i, cfg in enumerate(configs):
+        print(
+            f"{i:>3}  {cfg.key:<16}  {cfg.source.id:<16} {cfg.arch.id:<14} {cfg.norm:<5} "
+            f"{cfg.eps:>8.4g} {cfg.seed:>4}"
+        )
+    targets = ", ".join(t.id for t in spec.transfer_targets()) or "none"
+    fisher = "on" if spec.evaluations.fisher.enabled else "off"
+    print(f"evaluations per trial: transfer to {targets}; Fisher {fisher}")
+    print(f"results: {spec.results_dir()}   MLflow: {spec.tracking_uri()}")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    _print_trials(load_spec(args.spec))
+    return 0
+
+
+def mlflow_ui_command(tracking_uri: str) -> str:
+    """The exact command that browses a study's MLflow store."""
+    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port 5000"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    from analysis import format_tradeoff, tradeoff_table
+    from study.runner import Study
+
+    study = Study(spec)
+    summary = study.run(address=args.address, spec_path=Path(args.spec))
+    results = spec.results_dir()
+    print()
+    print(format_tradeoff(tradeoff_table(results)))
+    print()
+    print(
+        f"done in {summary.wall_time_s:.0f} s: trials {summary.trials_done} run, "
+        f"{summary.trials_cached} cached, {summary.trials_failed} failed; evaluations "
+        f"{summary.evals_done} run, {summary.evals_cached} cached, {summary.evals_failed} failed"
+    )
+    for failure in summary.failures:
+        print(f"  failed: {failure}")
+    print(f"parquet tables: {results / 'tables'}  (pandas.read_parquet on each folder)")
+    print(f"MLflow: {spec.tracking_uri()}")
+    print(f"  browse it: {mlflow_ui_command(spec.tracking_uri())}  then open http://127.0.0.1:5000")
+    return 1 if summary.failures else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis import format_tradeoff, tradeoff_table
+
+    results = Path(args.results_dir)
+    if not (results / "tables").is_dir():
+        raise SpecError(
+            f"results_dir {str(results)!r} has no tables/ folder: pass the folder a study wrote "
+            "(output.results_dir, default results/NAME)"
+        )
+    print(format_tradeoff(tradeoff_table(results)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="study", description="Adversarial-training sweeps on Ray Tune, logged to MLflow and parquet."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="check a spec and print its expanded trials")
+    p.add_argument("spec")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("run", help="run a study (resumes: cached trials and evaluations are skipped)")
+    p.add_argument("spec")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("report", help="print the trade-off table of a results folder")
+    p.add_argument("results_dir")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SpecError as exc:
+        if args.debug:
+            raise
+        print(f"study: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

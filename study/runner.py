@@ -1,0 +1,516 @@
+"""SweepSpec -> Ray Tune: trains the grid, fans out evaluations as trials finish, skips cached keys.
+
+The driver is the single writer: a Tune callback turns each trial's per-epoch results into
+`epochs` rows and MLflow metrics, and as each trial completes it submits that trial's evaluations
+as Ray tasks at once (no barrier across the grid); their results come back to the driver, which
+writes `transfer` and `fisher` rows and nested MLflow runs. Anything whose key is already in the
+tables is not computed again, so re-running a study resumes it and an extended grid runs only
+its new cells.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from study.sinks.mlflow import MlflowSink
+from study.sinks.parquet import ParquetSink, read_table
+from study.spec import (
+    SweepSpec,
+    fisher_key,
+    random_init_key,
+    raw_pixel_key,
+    transfer_key,
+)
+from trainables.config import TrainConfig, to_canonical, train_config_from_dict
+from trainables.evals import EvalTask
+
+Printer = Callable[[str], None]
+
+# Tune's own CSV/JSON/TensorBoard loggers duplicate what the sinks write; the trial processes
+# keep the working directory so that relative data roots resolve as the user wrote them.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+# Every epoch's checkpoint forces an experiment snapshot: expected here, not a bottleneck.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def describe_trial(cfg: TrainConfig) -> str:
+    """A readable one-line name of a grid cell."""
+    return f"{cfg.source.id} {cfg.arch.id} {cfg.norm} eps={cfg.eps:g} seed={cfg.seed}"
+
+
+def trial_config_row(cfg: TrainConfig, study: str) -> dict[str, Any]:
+    """The config columns of a trials row."""
+    return {
+        "trial_key": cfg.key,
+        "study": study,
+        "source": cfg.source.id,
+        "source_dataset": cfg.source.name,
+        "source_classes": list(cfg.source.classes) if cfg.source.classes is not None else None,
+        "arch": cfg.arch.id,
+        "arch_name": cfg.arch.name,
+        "width": cfg.arch.width,
+        "norm": cfg.norm,
+        "eps": cfg.eps,
+        "seed": cfg.seed,
+        "epochs": cfg.optim.epochs,
+        "batch_size": cfg.optim.batch_size,
+        "optimizer": cfg.optim.optimizer,
+        "lr": cfg.optim.lr,
+        "momentum": cfg.optim.momentum,
+        "weight_decay": cfg.optim.weight_decay,
+        "schedule": cfg.optim.schedule,
+        "attack_steps": cfg.attack.steps,
+        "attack_step_size": cfg.attack.alpha(cfg.eps),
+        "eval_attack_steps": cfg.eval_attack.steps,
+        "config_json": json.dumps(to_canonical(asdict(cfg)), sort_keys=True),
+    }
+
+
+def trial_identity(cfg: TrainConfig) -> dict[str, Any]:
+    """The columns that place an evaluation row in the grid."""
+    return {
+        "source": cfg.source.id,
+        "arch": cfg.arch.id,
+        "norm": cfg.norm,
+        "eps": cfg.eps,
+        "seed": cfg.seed,
+    }
+
+
+@dataclass
+class PendingEval:
+    """An evaluation submitted to Ray, with what its rows and runs need."""
+
+    task: EvalTask
+    table: str
+    row: dict[str, Any]
+    name: str
+    parent_run_id: str | None
+    trial_run_id: str | None
+
+
+@dataclass
+class StudySummary:
+    """What a study run did, for the CLI's closing lines."""
+
+    trials_total: int = 0
+    trials_cached: int = 0
+    trials_done: int = 0
+    trials_failed: int = 0
+    evals_cached: int = 0
+    evals_done: int = 0
+    evals_failed: int = 0
+    wall_time_s: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+
+class Study:
+    """One study on one Ray cluster: the sinks, the evaluation queue and the Tune callback."""
+
+    def __init__(self, spec: SweepSpec, printer: Printer = print) -> None:
+        self.spec = spec
+        self.say = printer
+        self.results_dir = spec.results_dir()
+        self.data_root = str(Path(spec.data.root).resolve()) if spec.data.root else None
+        self.parquet = ParquetSink(self.results_dir / "tables")
+        self.mlflow = MlflowSink(
+            spec.tracking_uri(), spec.name, self.results_dir / "mlartifacts"
+        )
+        self.summary = StudySummary()
+        self.configs = spec.expand()
+        self.summary.trials_total = len(self.configs)
+        self.pending: dict[Any, PendingEval] = {}
+        self.trial_runs: dict[str, str] = {}
+        self.parent_run_id = ""
+
+    # ----- MLflow hierarchy -----------------------------------------------------------------
+    def start_parent_run(self, spec_path: Path | None) -> None:
+        self.parent_run_id = self.mlflow.run_for(
+            f"study:{self.spec.name}",
+            name=self.spec.name,
+            role="study",
+            parent_run_id=None,
+            params=self.spec.model_dump(mode="json"),
+            tags={"results_dir": str(self.results_dir)},
+        )
+        if spec_path is not None:
+            self.mlflow.log_artifact(self.parent_run_id, spec_path)
+
+    def trial_run(self, cfg: TrainConfig) -> str:
+        key = cfg.key
+        if key not in self.trial_runs:
+            self.trial_runs[key] = self.mlflow.run_for(
+                f"trial:{key}",
+                name=describe_trial(cfg),
+                role="trial",
+                parent_run_id=self.parent_run_id,
+                params=to_canonical(asdict(cfg)),
+                tags={"trial_key": key},
+            )
+        return self.trial_runs[key]
+
+    # ----- evaluations ----------------------------------------------------------------------
+    def eval_tasks_for(
+        self, cfg: TrainConfig, checkpoint: str, trial_run_id: str
+    ) -> list[PendingEval]:
+        """The evaluations of one trained network that are not in the tables yet."""
+        out: list[PendingEval] = []
+        ev = self.spec.evaluations
+        probe = ev.transfer.to_config()
+        ident = trial_identity(cfg)
+        for target in self.spec.transfer_targets():
+            key = transfer_key(cfg.key, target, cfg.data, probe)
+            if self.parquet.has("transfer", key):
+                self.summary.evals_cached += 1
+                continue
+            task = EvalTask(
+                "transfer", key, cfg.data, train=cfg, checkpoint=checkpoint, target=target,
+                probe=probe, data_root=self.data_root,
+            )
+            row = {"eval_key": key, "trial_key": cfg.key, "kind": "probe", "target": target.id, **ident}
+            out.append(PendingEval(task, "transfer", row, f"transfer {target.id}", trial_run_id, trial_run_id))
+        if ev.fisher.enabled:
+            fisher = ev.fisher.to_config()
+            key = fisher_key(cfg.key, fisher)
+            if self.parquet.has("fisher", key):
+                self.summary.evals_cached += 1
+            else:
+                task = EvalTask(
+                    "fisher", key, cfg.data, train=cfg, checkpoint=checkpoint, fisher=fisher,
+                    data_root=self.data_root,
+                )
+                row = {"eval_key": key, "trial_key": cfg.key, **ident}
+                out.append(PendingEval(task, "fisher", row, "fisher", trial_run_id, trial_run_id))
+        return out
+
+    def baseline_tasks(self) -> list[PendingEval]:
+        """Raw-pixel baselines once per target; random-init ones per (source, arch, seed, target)."""
+        ev = self.spec.evaluations.transfer
+        if not ev.baselines:
+            return []
+        probe = ev.to_config()
+        data = self.spec.data.to_config()
+        out: list[PendingEval] = []
+        seen: set[str] = set()
+        for target in self.spec.transfer_targets():
+            key = raw_pixel_key(target, data, probe)
+            if key not in seen and not self.parquet.has("transfer", key):
+                task = EvalTask("raw_pixels", key, data, target=target, probe=probe, data_root=self.data_root)
+                row = {"eval_key": key, "trial_key": None, "kind": "raw_pixels", "target": target.id}
+                out.append(PendingEval(task, "transfer", row, f"baseline raw pixels {target.id}", self.parent_run_id, None))
+            seen.add(key)
+            for cfg in self.configs:
+                key = random_init_key(cfg, target, probe)
+                if key in seen or self.parquet.has("transfer", key):
+                    seen.add(key)
+                    continue
+                seen.add(key)
+                task = EvalTask("random_init", key, cfg.data, train=cfg, target=target, probe=probe, data_root=self.data_root)
+                row = {
+                    "eval_key": key, "trial_key": None, "kind": "random_init", "target": target.id,
+                    "source": cfg.source.id, "arch": cfg.arch.id, "seed": cfg.seed,
+                }
+                name = f"baseline random init {cfg.arch.id} seed={cfg.seed} {target.id}"
+                out.append(PendingEval(task, "transfer", row, name, self.parent_run_id, None))
+        return out
+
+    def submit(self, evals: list[PendingEval]) -> None:
+        from trainables.tune_entry import evaluate_remote
+
+        options = {
+            "num_cpus": self.spec.resources.cpus_per_eval,
+            "max_retries": self.spec.resources.max_failures,
+            "retry_exceptions": True,
+        }
+        for ev in evals:
+            ref = evaluate_remote.options(**options).remote(ev.task)
+            self.pending[ref] = ev
+
+    def harvest(self, timeout: float = 0.0) -> None:
+        """Record every finished evaluation (waiting up to timeout for the first one)."""
+        import ray
+
+        while self.pending:
+            done, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+            if not done:
+                return
+            ref = done[0]
+            ev = self.pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except Exception as exc:  # a task that failed after its retries: record, go on
+                self.record_eval_failure(ev, exc)
+            else:
+                self.record_eval(ev, result)
+            timeout = 0.0
+
+    def record_eval(self, ev: PendingEval, result: dict[str, Any]) -> None:
+        metrics, prefix = self.eval_metrics(ev, result)
+        run_id = self.mlflow.run_for(
+            f"eval:{ev.task.eval_key}",
+            name=ev.name,
+            role="evaluation",
+            parent_run_id=ev.parent_run_id,
+            params=self.eval_params(ev.task),
+            tags={"eval_key": ev.task.eval_key, "evaluation": ev.task.kind,
+                  **({"trial_key": ev.row["trial_key"]} if ev.row.get("trial_key") else {})},
+        )
+        self.mlflow.log_metrics(run_id, metrics)
+        self.mlflow.end_run(run_id, "FINISHED")
+        if ev.trial_run_id is not None:
+            self.mlflow.log_metrics(ev.trial_run_id, {k: v for k, v in metrics.items() if k.startswith(prefix)})
+            self.mlflow.flush(ev.trial_run_id)
+        row = {**ev.row, **result, "mlflow_run_id": run_id}
+        self.parquet.append(ev.table, [row])
+        self.summary.evals_done += 1
+        self.say(f"  eval  {ev.name:<40} {self.describe_result(ev, result)}")
+
+    def eval_metrics(self, ev: PendingEval, result: dict[str, Any]) -> tuple[dict[str, float], str]:
+        kind = ev.task.kind
+        if kind == "fisher":
+            metrics = {
+                "fisher/input_trace": result["input_trace"],
+                "fisher/input_trace_stderr": result["input_trace_stderr"],
+                "fisher/weight_trace": result["weight_trace"],
+                "fisher/weight_trace_stderr": result["weight_trace_stderr"],
+            }
+            for layer, value in result["weight_trace_per_layer"].items():
+                metrics[f"fisher/weight_trace/{layer}"] = value
+            return metrics, "fisher/"
+        target = ev.row["target"]
+        name = {"transfer": "acc", "raw_pixels": "acc_raw_pixels", "random_init": "acc_random_init"}[kind]
+        return {f"transfer/{target}/{name}": result["test_acc"], f"transfer/{target}/c": result["c"]}, "transfer/"
+
+    @staticmethod
+    def eval_params(task: EvalTask) -> dict[str, Any]:
+        params: dict[str, Any] = {"evaluation": task.kind}
+        for name in ("target", "probe", "fisher"):
+            value = getattr(task, name)
+            if value is not None:
+                params[name] = to_canonical(asdict(value))
+        return params
+
+    @staticmethod
+    def describe_result(ev: PendingEval, result: dict[str, Any]) -> str:
+        if ev.task.kind == "fisher":
+            return f"input {result['input_trace']:.4g}  weight {result['weight_trace']:.4g}"
+        return f"acc {result['test_acc']:.3f} (C={result['c']:g})"
+
+    def record_eval_failure(self, ev: PendingEval, exc: BaseException) -> None:
+        run_id = self.mlflow.run_for(
+            f"eval:{ev.task.eval_key}", name=ev.name, role="evaluation",
+            parent_run_id=ev.parent_run_id, params=self.eval_params(ev.task),
+            tags={"eval_key": ev.task.eval_key, "evaluation": ev.task.kind},
+        )
+        self.mlflow.set_tags(run_id, {"error": str(exc)[:5000]})
+        self.mlflow.end_run(run_id, "FAILED")
+        self.summary.evals_failed += 1
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        self.summary.failures.append(f"evaluation {ev.name}: {first_line}")
+        self.say(f"  FAILED eval {ev.name}: {first_line}")
+
+    # ----- trials ---------------------------------------------------------------------------
+    def record_epoch(self, cfg: TrainConfig, result: dict[str, Any]) -> None:
+        epoch = int(result["epoch"])
+        metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
+        self.mlflow.log_metrics(self.trial_run(cfg), metrics, step=epoch)
+        self.epoch_buffer.append(
+            {
+                "trial_key": cfg.key,
+                "epoch": epoch,
+                "train_loss": result.get("train/loss"),
+                "train_acc": result.get("train/acc"),
+                "test_acc_clean": result.get("test/acc_clean"),
+                "test_acc_pgd": result.get("test/acc_pgd"),
+                "epoch_time_s": result.get("time/epoch_s"),
+            }
+        )
+        self.last_results[cfg.key] = result
+
+    def flush(self) -> None:
+        if self.epoch_buffer:
+            self.parquet.append("epochs", self.epoch_buffer)
+            self.epoch_buffer = []
+        self.mlflow.flush()
+        self.last_flush = time.monotonic()
+
+    def record_trial_done(self, cfg: TrainConfig, checkpoint: str | None) -> None:
+        run_id = self.trial_run(cfg)
+        result = self.last_results.get(cfg.key, {})
+        self.flush()
+        if checkpoint is None:
+            self.record_trial_failure(cfg, "finished without a checkpoint")
+            return
+        row = {
+            **trial_config_row(cfg, self.spec.name),
+            "train_loss": result.get("train/loss"),
+            "train_acc": result.get("train/acc"),
+            "test_acc_clean": result.get("test/acc_clean"),
+            "test_acc_pgd": result.get("test/acc_pgd"),
+            "epochs_completed": int(result.get("epoch", -1)) + 1,
+            "train_time_s": result.get("time_total_s"),
+            "checkpoint_path": checkpoint,
+            "mlflow_run_id": run_id,
+            "completed_at": datetime.now(timezone.utc),
+        }
+        self.mlflow.set_tags(run_id, {"checkpoint": checkpoint})
+        self.mlflow.end_run(run_id, "FINISHED")
+        self.parquet.append("trials", [row])
+        self.summary.trials_done += 1
+        done = self.summary.trials_done + self.summary.trials_cached
+        self.say(
+            f"[{done}/{self.summary.trials_total}] trial {describe_trial(cfg):<44} "
+            f"clean {row['test_acc_clean']:.3f}  pgd {row['test_acc_pgd']:.3f}  "
+            f"({row['train_time_s'] or 0:.1f} s)"
+        )
+        self.submit(self.eval_tasks_for(cfg, checkpoint, run_id))
+
+    def record_trial_failure(self, cfg: TrainConfig, why: str) -> None:
+        self.flush()
+        run_id = self.trial_run(cfg)
+        self.mlflow.set_tags(run_id, {"error": why[:5000]})
+        self.mlflow.end_run(run_id, "FAILED")
+        self.summary.trials_failed += 1
+        self.summary.failures.append(f"trial {describe_trial(cfg)}: {why}")
+        self.say(f"  FAILED trial {describe_trial(cfg)}: {why}")
+
+    # ----- the whole study ------------------------------------------------------------------
+    def run(self, address: str | None = None, spec_path: Path | None = None) -> StudySummary:
+        import ray
+        from ray import tune
+
+        from trainables.tune_entry import train_trial
+
+        t0 = time.monotonic()
+        self.epoch_buffer: list[dict[str, Any]] = []
+        self.last_results: dict[str, dict[str, Any]] = {}
+        self.last_flush = time.monotonic()
+        self.start_parent_run(spec_path)
+
+        todo: list[TrainConfig] = []
+        cached_rows = {
+            r["trial_key"]: r
+            for r in read_table(self.parquet.tables_dir / "trials", "trials")
+            .select(["trial_key", "checkpoint_path", "mlflow_run_id"])
+            .to_pylist()
+        }
+        evals: list[PendingEval] = self.baseline_tasks()
+        for cfg in self.configs:
+            row = cached_rows.get(cfg.key)
+            if row is None:
+                todo.append(cfg)
+                continue
+            self.summary.trials_cached += 1
+            self.trial_runs[cfg.key] = row["mlflow_run_id"]
+            evals += self.eval_tasks_for(cfg, row["checkpoint_path"], row["mlflow_run_id"])
+        self.say(
+            f"study {self.spec.name}: {len(self.configs)} trials "
+            f"({self.summary.trials_cached} cached, {len(todo)} to run), "
+            f"{len(evals)} evaluations queued now"
+        )
+        if (todo or evals) and not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, logging_level="ERROR")
+            # The ResultGrid looks for Tune's own result files, which the sinks replace.
+            logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+        self.submit(evals)
+
+        if todo:
+            by_key = {cfg.key: cfg for cfg in todo}
+            res = self.spec.resources
+            trainable = tune.with_resources(
+                train_trial, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
+            )
+            tuner = tune.Tuner(
+                trainable,
+                param_space={
+                    "train": tune.grid_search(
+                        [{"trial_key": c.key, "config": to_canonical(asdict(c))} for c in todo]
+                    ),
+                    "data_root": self.data_root,
+                },
+                tune_config=tune.TuneConfig(
+                    reuse_actors=True,
+                    max_concurrent_trials=res.max_concurrent_trials,
+                    trial_dirname_creator=lambda t: str(t.config["train"]["trial_key"]),
+                    trial_name_creator=lambda t: describe_trial(by_key[t.config["train"]["trial_key"]]),
+                ),
+                run_config=tune.RunConfig(
+                    name=self.spec.name,
+                    storage_path=str(self.results_dir / "ray"),
+                    verbose=0,
+                    callbacks=[StudyCallback(self, by_key)],
+                    failure_config=tune.FailureConfig(max_failures=res.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                ),
+            )
+            tuner.fit()
+        self.harvest(timeout=0.0)
+        while self.pending:
+            self.harvest(timeout=60.0)
+        self.flush()
+        failed = self.summary.trials_failed + self.summary.evals_failed
+        self.mlflow.end_run(self.parent_run_id, "FAILED" if failed else "FINISHED")
+        self.summary.wall_time_s = time.monotonic() - t0
+        return self.summary
+
+
+def _make_callback_class() -> type:
+    from ray import tune
+
+    class _StudyCallback(tune.Callback):  # type: ignore[misc]
+        """Tune's driver-side hooks, forwarded to the Study (the single writer)."""
+
+        def __init__(self, study: Study, by_key: dict[str, TrainConfig]) -> None:
+            self.study = study
+            self.by_key = by_key
+
+        def _cfg(self, trial: Any) -> TrainConfig:
+            key = trial.config["train"]["trial_key"]
+            return self.by_key.get(key) or train_config_from_dict(trial.config["train"]["config"])
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.study.trial_run(self._cfg(trial))
+
+        def on_trial_result(
+            self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+        ) -> None:
+            self.study.record_epoch(self._cfg(trial), result)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            checkpoint = trial.checkpoint.path if trial.checkpoint is not None else None
+            self.study.record_trial_done(self._cfg(trial), checkpoint)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.study.record_trial_failure(self._cfg(trial), describe_trial_error(trial))
+
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            self.study.harvest(timeout=0.0)
+            if time.monotonic() - self.study.last_flush > 5.0:
+                self.study.flush()
+
+    return _StudyCallback
+
+
+def describe_trial_error(trial: Any) -> str:
+    """The last line of a failed trial's traceback, and where the whole of it is."""
+    error_file = getattr(trial, "error_file", None)
+    last = "training failed"
+    if error_file and Path(error_file).is_file():
+        lines = [ln for ln in Path(error_file).read_text().splitlines() if ln.strip()]
+        if lines:
+            last = lines[-1].strip()
+    return f"{last} (traceback: {error_file})" if error_file else last
+
+
+def StudyCallback(study: Study, by_key: dict[str, TrainConfig]) -> Any:  # noqa: N802
+    """A Tune callback bound to a study (built lazily so that importing this needs no ray)."""
+    return _make_callback_class()(study, by_key)

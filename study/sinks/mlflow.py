@@ -1,0 +1,129 @@
+"""MLflow tracking of a study from the driver: study > trial > evaluation runs, logged in batches.
+
+One parent run per study, one nested run per training trial (its config as params, per-epoch
+metrics, tag trial_key) and one nested run per evaluation under its trial. Runs are found again
+by their key tag, so running a study twice reuses its runs instead of creating new ones. Metrics
+are buffered and sent with log_batch: one call per flush, not one per value.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+KEY_TAG = "atsweep.key"
+ROLE_TAG = "atsweep.role"
+TRIAL_KEY_TAG = "trial_key"
+EVAL_KEY_TAG = "eval_key"
+_MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
+_MAX_PARAM_LEN = 6000
+
+
+def flatten_params(prefix: str, value: Any) -> dict[str, str]:
+    """Nested dicts as dotted keys; lists and scalars as strings (MLflow params are strings)."""
+    if isinstance(value, Mapping):
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            out.update(flatten_params(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    text = "null" if value is None else str(value)
+    return {prefix: text[:_MAX_PARAM_LEN]}
+
+
+class MlflowSink:
+    """The single MLflow writer of a study."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_location: Path) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            artifact_location.mkdir(parents=True, exist_ok=True)
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=artifact_location.as_uri()
+            )
+        else:
+            self.experiment_id = found.experiment_id
+        self._runs_by_key = self._index_runs()
+        self._metrics: dict[str, list[Metric]] = defaultdict(list)
+
+    def _index_runs(self) -> dict[str, str]:
+        """key tag -> run id of every run of this experiment that carries one."""
+        index: dict[str, str] = {}
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], max_results=1000, page_token=token
+            )
+            for run in page:
+                key = run.data.tags.get(KEY_TAG)
+                if key:
+                    index.setdefault(key, run.info.run_id)
+            token = page.token
+            if not token:
+                return index
+
+    def run_for(
+        self,
+        key: str,
+        *,
+        name: str,
+        role: str,
+        parent_run_id: str | None,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """The run with this key (created the first time, marked RUNNING again otherwise)."""
+        all_tags = {KEY_TAG: key, ROLE_TAG: role, MLFLOW_RUN_NAME: name, **(tags or {})}
+        if parent_run_id is not None:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        run_id = self._runs_by_key.get(key)
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+            run_id = run.info.run_id
+            self._runs_by_key[key] = run_id
+            flat = flatten_params("", dict(params or {}))
+            items = [Param(k, v) for k, v in flat.items()]
+            for i in range(0, len(items), _MAX_PARAMS):
+                self.client.log_batch(run_id, params=items[i : i + _MAX_PARAMS])
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def has_run(self, key: str) -> bool:
+        return key in self._runs_by_key
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Buffer metrics; they are sent at the next flush."""
+        now = int(time.time() * 1000)
+        self._metrics[run_id].extend(
+            Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None
+        )
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), _MAX_TAGS):
+            self.client.log_batch(run_id, tags=items[i : i + _MAX_TAGS])
+
+    def flush(self, run_id: str | None = None) -> None:
+        """Send buffered metrics with log_batch (all runs, or one)."""
+        run_ids = [run_id] if run_id is not None else list(self._metrics)
+        for rid in run_ids:
+            metrics = self._metrics.pop(rid, [])
+            for i in range(0, len(metrics), _MAX_METRICS):
+                self.client.log_batch(rid, metrics=metrics[i : i + _MAX_METRICS])
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Flush the run's metrics and mark it FINISHED, FAILED or KILLED."""
+        self.flush(run_id)
+        self.client.set_terminated(run_id, status=status)
+
+    def log_artifact(self, run_id: str, path: Path) -> None:
+        self.client.log_artifact(run_id, str(path))

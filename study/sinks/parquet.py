@@ -1,0 +1,203 @@
+"""Parquet tables of a study: the Arrow schemas, atomic appends, and keyed de-duplication.
+
+Each table is a folder of part files (RESULTS/tables/NAME/part-*.parquet) that
+`pandas.read_parquet(folder)` reads as one table. A part is written under a hidden temporary
+name and renamed into place, so a reader never sees a partial file and a writer killed mid-write
+leaves nothing behind but an ignored temporary. Rows are keyed (trial_key, eval_key, ...): a key
+already in the table is never written again, so re-running a study adds no duplicate rows.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+
+_TRIAL_CONFIG = [
+    pa.field("trial_key", pa.string(), nullable=False),
+    pa.field("study", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("source_dataset", pa.string()),
+    pa.field("source_classes", pa.list_(pa.int64())),
+    pa.field("arch", pa.string()),
+    pa.field("arch_name", pa.string()),
+    pa.field("width", pa.float64()),
+    pa.field("norm", pa.string()),
+    pa.field("eps", pa.float64()),
+    pa.field("seed", pa.int64()),
+    pa.field("epochs", pa.int64()),
+    pa.field("batch_size", pa.int64()),
+    pa.field("optimizer", pa.string()),
+    pa.field("lr", pa.float64()),
+    pa.field("momentum", pa.float64()),
+    pa.field("weight_decay", pa.float64()),
+    pa.field("schedule", pa.string()),
+    pa.field("attack_steps", pa.int64()),
+    pa.field("attack_step_size", pa.float64()),
+    pa.field("eval_attack_steps", pa.int64()),
+    pa.field("config_json", pa.string()),
+]
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "trials": pa.schema(
+        [
+            *_TRIAL_CONFIG,
+            pa.field("train_loss", pa.float64()),
+            pa.field("train_acc", pa.float64()),
+            pa.field("test_acc_clean", pa.float64()),
+            pa.field("test_acc_pgd", pa.float64()),
+            pa.field("epochs_completed", pa.int64()),
+            pa.field("train_time_s", pa.float64()),
+            pa.field("checkpoint_path", pa.string()),
+            pa.field("mlflow_run_id", pa.string()),
+            pa.field("completed_at", pa.timestamp("ms", tz="UTC")),
+        ]
+    ),
+    "epochs": pa.schema(
+        [
+            pa.field("trial_key", pa.string(), nullable=False),
+            pa.field("epoch", pa.int64(), nullable=False),
+            pa.field("train_loss", pa.float64()),
+            pa.field("train_acc", pa.float64()),
+            pa.field("test_acc_clean", pa.float64()),
+            pa.field("test_acc_pgd", pa.float64()),
+            pa.field("epoch_time_s", pa.float64()),
+        ]
+    ),
+    "transfer": pa.schema(
+        [
+            pa.field("eval_key", pa.string(), nullable=False),
+            pa.field("trial_key", pa.string()),
+            pa.field("kind", pa.string()),
+            pa.field("source", pa.string()),
+            pa.field("arch", pa.string()),
+            pa.field("norm", pa.string()),
+            pa.field("eps", pa.float64()),
+            pa.field("seed", pa.int64()),
+            pa.field("target", pa.string()),
+            pa.field("test_acc", pa.float64()),
+            pa.field("train_acc", pa.float64()),
+            pa.field("val_acc", pa.float64()),
+            pa.field("c", pa.float64()),
+            pa.field("n_train", pa.int64()),
+            pa.field("n_test", pa.int64()),
+            pa.field("feature_dim", pa.int64()),
+            pa.field("wall_time_s", pa.float64()),
+            pa.field("mlflow_run_id", pa.string()),
+        ]
+    ),
+    "fisher": pa.schema(
+        [
+            pa.field("eval_key", pa.string(), nullable=False),
+            pa.field("trial_key", pa.string()),
+            pa.field("source", pa.string()),
+            pa.field("arch", pa.string()),
+            pa.field("norm", pa.string()),
+            pa.field("eps", pa.float64()),
+            pa.field("seed", pa.int64()),
+            pa.field("n_samples", pa.int64()),
+            pa.field("sigma", pa.float64()),
+            pa.field("input_method", pa.string()),
+            pa.field("probes", pa.int64()),
+            pa.field("input_trace", pa.float64()),
+            pa.field("input_trace_stderr", pa.float64()),
+            pa.field("weight_fisher", pa.string()),
+            pa.field("weight_trace", pa.float64()),
+            pa.field("weight_trace_stderr", pa.float64()),
+            pa.field("weight_trace_per_layer", pa.map_(pa.string(), pa.float64())),
+            pa.field("wall_time_s", pa.float64()),
+            pa.field("mlflow_run_id", pa.string()),
+        ]
+    ),
+}
+
+KEYS: dict[str, tuple[str, ...]] = {
+    "trials": ("trial_key",),
+    "epochs": ("trial_key", "epoch"),
+    "transfer": ("eval_key",),
+    "fisher": ("eval_key",),
+}
+
+
+def schema_with_metadata(table: str) -> pa.Schema:
+    """The table's schema, tagged with its name and schema version."""
+    return SCHEMAS[table].with_metadata(
+        {"atsweep.table": table, "atsweep.schema_version": str(SCHEMA_VERSION)}
+    )
+
+
+def part_files(folder: Path) -> list[Path]:
+    """The completed part files of a table (temporaries are hidden and never listed)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("part-*.parquet") if p.is_file())
+
+
+def write_part_atomically(folder: Path, table: pa.Table) -> Path:
+    """Write a part under a hidden name, fsync it, then rename it into place."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = folder / f".{name}.tmp"
+    pq.write_table(table, tmp)
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / name)
+    return folder / name
+
+
+def read_table(folder: Path, table: str) -> pa.Table:
+    """All completed parts of a table, cast to its current schema (an empty table if none)."""
+    schema = schema_with_metadata(table)
+    parts = [pq.read_table(p) for p in part_files(folder)]
+    if not parts:
+        return schema.empty_table()
+    return pa.concat_tables([p.select(schema.names).cast(schema) for p in parts])
+
+
+class ParquetSink:
+    """The single writer of a study's tables; it remembers every key already written."""
+
+    def __init__(self, tables_dir: Path) -> None:
+        self.tables_dir = Path(tables_dir)
+        self._keys: dict[str, set[tuple[Any, ...]]] = {}
+        for table in SCHEMAS:
+            folder = self.tables_dir / table
+            if not part_files(folder):
+                write_part_atomically(folder, schema_with_metadata(table).empty_table())
+            existing = read_table(folder, table).select(list(KEYS[table])).to_pylist()
+            self._keys[table] = {tuple(r[k] for k in KEYS[table]) for r in existing}
+
+    def has(self, table: str, *key: Any) -> bool:
+        """Whether a row with this key is already in the table."""
+        return tuple(key) in self._keys[table]
+
+    def keys(self, table: str) -> set[tuple[Any, ...]]:
+        return set(self._keys[table])
+
+    def append(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Append the rows whose key is new, as one atomically written part; returns how many."""
+        fresh: list[Mapping[str, Any]] = []
+        fresh_keys: set[tuple[Any, ...]] = set()
+        for row in rows:
+            key = tuple(row[k] for k in KEYS[table])
+            if key not in self._keys[table] and key not in fresh_keys:
+                fresh_keys.add(key)
+                fresh.append(row)
+        if fresh:
+            schema = schema_with_metadata(table)
+            missing = [n for n in fresh[0] if n not in schema.names]
+            if missing:
+                raise KeyError(f"columns {missing} are not in the {table} schema")
+            write_part_atomically(
+                self.tables_dir / table, pa.Table.from_pylist(list(fresh), schema=schema)
+            )
+            self._keys[table] |= fresh_keys
+        return len(fresh)

@@ -1,0 +1,439 @@
+"""The sweep spec: pydantic models of a study's YAML, its validation, and its grid expansion.
+
+Every key is checked (unknown keys are errors that suggest the closest valid one), every value
+is checked against the registries and the rules of PAPER.md (eps in pixel units, Linf eps <= 1),
+and a valid spec expands into frozen TrainConfig objects, each with its trial_key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from trainables.attacks import NORMS
+from trainables.config import (
+    ArchRef,
+    AttackConfig,
+    DataConfig,
+    DatasetRef,
+    FisherConfig,
+    OptimConfig,
+    ProbeConfig,
+    TrainConfig,
+    compute_key,
+)
+from trainables.data import get_dataset_info, list_datasets
+from trainables.evals.fisher import FISHER_METHODS, WEIGHT_FISHER_TYPES
+from trainables.models import list_models
+
+
+class SpecError(ValueError):
+    """A spec that cannot run: names the field, the value received and the fix, in one line."""
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are rejected with the closest valid key as a suggestion."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = sorted(cls.model_fields)
+            for key in data:
+                if key not in cls.model_fields:
+                    close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
+                    hint = (
+                        f"did you mean {close[0]!r}?"
+                        if close
+                        else f"valid keys here: {', '.join(allowed)}"
+                    )
+                    raise PydanticCustomError(
+                        "unknown_key",
+                        "unknown key {key!r}: {hint}",
+                        {"key": str(key), "hint": hint, "value": data[key]},
+                    )
+        return data
+
+
+def parse_eps(value: Any) -> Any:
+    """Accept numbers and fractions written as strings ('8/255'), the way papers write Linf eps."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*", value)
+        if match is None:
+            raise PydanticCustomError(
+                "eps_format",
+                "eps must be a number or a fraction such as '8/255', got {value!r}",
+                {"value": value},
+            )
+        return float(match.group(1)) / float(match.group(2))
+    return value
+
+
+class DatasetSpec(StrictModel):
+    """A registered dataset and an optional class subset: {dataset: digits, classes: [0, 1]}."""
+
+    dataset: str
+    classes: list[int] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: Any) -> Any:
+        return {"dataset": data} if isinstance(data, str) else data
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in list_datasets():
+            raise PydanticCustomError(
+                "unknown_dataset",
+                "unknown dataset {name!r}: choose one of {choices}",
+                {"name": name, "choices": ", ".join(list_datasets())},
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _classes_exist(self) -> DatasetSpec:
+        if self.classes is None:
+            return self
+        n = get_dataset_info(self.dataset).num_classes
+        if len(self.classes) < 2:
+            raise PydanticCustomError(
+                "classes", "a class subset needs at least 2 classes, got {c}", {"c": self.classes}
+            )
+        if len(set(self.classes)) != len(self.classes):
+            raise PydanticCustomError(
+                "classes", "classes {c} repeat a class: list each once", {"c": self.classes}
+            )
+        bad = [c for c in self.classes if not 0 <= c < n]
+        if bad:
+            raise PydanticCustomError(
+                "classes",
+                "classes {bad} do not exist in {name}: use labels 0..{last}",
+                {"bad": bad, "name": self.dataset, "last": n - 1},
+            )
+        return self
+
+    def to_ref(self) -> DatasetRef:
+        return DatasetRef(self.dataset, tuple(self.classes) if self.classes is not None else None)
+
+
+class ArchSpec(StrictModel):
+    """A registered architecture with a width multiplier: resnet18 or {name: resnet18, width: 0.25}."""
+
+    name: str
+    width: float = Field(1.0, gt=0, le=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in list_models():
+            raise PydanticCustomError(
+                "unknown_arch",
+                "unknown arch {name!r}: choose one of {choices}",
+                {"name": name, "choices": ", ".join(list_models())},
+            )
+        return name
+
+    def to_ref(self) -> ArchRef:
+        return ArchRef(self.name, self.width)
+
+
+class GridSpec(StrictModel):
+    """The cartesian grid: one training trial per (source, arch, norm, eps, seed)."""
+
+    sources: list[DatasetSpec] = Field(min_length=1)
+    archs: list[ArchSpec] = Field(min_length=1)
+    norms: list[Literal["l2", "linf"]] = Field(min_length=1)
+    eps: list[float] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _parse_eps(cls, values: Any) -> Any:
+        return [parse_eps(v) for v in values] if isinstance(values, list) else values
+
+    @field_validator("eps")
+    @classmethod
+    def _eps_valid(cls, values: list[float]) -> list[float]:
+        for i, v in enumerate(values):
+            if not math.isfinite(v) or v < 0:
+                raise PydanticCustomError(
+                    "eps_value",
+                    "eps[{i}] = {v} is not allowed: eps must be a finite number >= 0 "
+                    "(pixel units of [0, 1] inputs)",
+                    {"i": i, "v": v},
+                )
+        if len(set(values)) != len(values):
+            raise PydanticCustomError(
+                "eps_repeat", "eps {values} repeats a value: list each once", {"values": values}
+            )
+        return values
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, values: list[int]) -> list[int]:
+        if len(set(values)) != len(values) or any(v < 0 for v in values):
+            raise PydanticCustomError(
+                "seeds", "seeds {v} must be distinct integers >= 0", {"v": values}
+            )
+        return values
+
+    @model_validator(mode="after")
+    def _linf_in_pixel_units(self) -> GridSpec:
+        if "linf" in self.norms:
+            for i, v in enumerate(self.eps):
+                if v > 1:
+                    raise PydanticCustomError(
+                        "linf_eps",
+                        "eps[{i}] = {v:g} with norm linf is above 1, but eps is in pixel units of "
+                        "[0, 1] inputs: write it as '{v:g}/255' (= {f:.4f})",
+                        {"i": i, "v": v, "f": v / 255},
+                    )
+        return self
+
+
+class AttackSpec(StrictModel):
+    """PGD: steps, step size (default 2.5 * eps / steps), random start."""
+
+    steps: int = Field(7, ge=0, le=1000)
+    step_size: float | None = Field(None, gt=0)
+    random_start: bool = True
+
+    def to_config(self) -> AttackConfig:
+        return AttackConfig(self.steps, self.step_size, self.random_start)
+
+
+class TrainingSpec(StrictModel):
+    """Optimisation and the training/evaluation attacks (PAPER.md section 2)."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["constant", "step", "cosine"] = "cosine"
+    step_every: int = Field(50, ge=1)
+    step_gamma: float = Field(0.1, gt=0, le=1)
+    attack: AttackSpec = AttackSpec()
+    eval_attack: AttackSpec = AttackSpec(steps=20)
+
+    def to_config(self) -> OptimConfig:
+        return OptimConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            schedule=self.schedule,
+            step_every=self.step_every,
+            step_gamma=self.step_gamma,
+        )
+
+
+class DataSpec(StrictModel):
+    """Where datasets live and how each is split into train and test."""
+
+    root: str | None = None
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    split_seed: int = Field(0, ge=0)
+
+    def to_config(self) -> DataConfig:
+        return DataConfig(self.test_fraction, self.split_seed)
+
+
+class TransferSpec(StrictModel):
+    """Linear transfer targets and the probe's settings (PAPER.md section 3)."""
+
+    targets: list[DatasetSpec] = Field(default_factory=list)
+    c_grid: list[float] = Field([0.01, 0.1, 1.0, 10.0], min_length=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    max_iter: int = Field(500, ge=1)
+    baselines: bool = True
+
+    def to_config(self) -> ProbeConfig:
+        return ProbeConfig(tuple(self.c_grid), self.val_fraction, self.max_iter)
+
+
+class FisherSpec(StrictModel):
+    """Input and weight Fisher traces (PAPER.md section 4)."""
+
+    enabled: bool = True
+    num_samples: int = Field(128, ge=2)
+    sigma: float = Field(1.0, gt=0)
+    input_method: str = "hutchinson"
+    probes: int = Field(16, ge=1)
+    weight_fisher: str = "true"
+    seed: int = 0
+
+    @field_validator("input_method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in FISHER_METHODS:
+            raise PydanticCustomError(
+                "choice", "unknown method {v!r}: choose one of {c}", {"v": v, "c": FISHER_METHODS}
+            )
+        return v
+
+    @field_validator("weight_fisher")
+    @classmethod
+    def _wf(cls, v: str) -> str:
+        if v not in WEIGHT_FISHER_TYPES:
+            raise PydanticCustomError(
+                "choice",
+                "unknown weight Fisher {v!r}: choose one of {c}",
+                {"v": v, "c": WEIGHT_FISHER_TYPES},
+            )
+        return v
+
+    def to_config(self) -> FisherConfig:
+        return FisherConfig(
+            self.num_samples, self.sigma, self.input_method, self.probes, self.weight_fisher, self.seed
+        )
+
+
+class EvaluationsSpec(StrictModel):
+    """What runs on each trained network as soon as its training trial finishes."""
+
+    transfer: TransferSpec = TransferSpec()
+    fisher: FisherSpec = FisherSpec()
+
+
+class OutputSpec(StrictModel):
+    """Where results go; relative paths are relative to the directory the command runs in."""
+
+    results_dir: str | None = None
+    tracking_uri: str | None = None
+
+
+class ResourcesSpec(StrictModel):
+    """Ray resources of each training trial and each evaluation task."""
+
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    cpus_per_eval: float = Field(1.0, gt=0)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(2, ge=0)
+
+
+class SweepSpec(StrictModel):
+    """A whole study: the grid, how to train, what to evaluate, where results go."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
+    description: str = ""
+    grid: GridSpec
+    training: TrainingSpec = TrainingSpec()
+    data: DataSpec = DataSpec()
+    evaluations: EvaluationsSpec = EvaluationsSpec()
+    output: OutputSpec = OutputSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+
+    def results_dir(self) -> Path:
+        """The study's output folder (default results/NAME), absolute."""
+        return Path(self.output.results_dir or f"results/{self.name}").expanduser().resolve()
+
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI (default: a SQLite file in the results folder)."""
+        if self.output.tracking_uri:
+            return self.output.tracking_uri
+        return f"sqlite:///{self.results_dir() / 'mlflow.db'}"
+
+    def expand(self) -> list[TrainConfig]:
+        """One TrainConfig per grid cell, in the order source, arch, norm, eps, seed."""
+        g = self.grid
+        optim = self.training.to_config()
+        attack = self.training.attack.to_config()
+        eval_attack = self.training.eval_attack.to_config()
+        data = self.data.to_config()
+        return [
+            TrainConfig(
+                source=src.to_ref(),
+                arch=arch.to_ref(),
+                norm=norm,
+                eps=float(eps),
+                seed=seed,
+                optim=optim,
+                attack=attack,
+                eval_attack=eval_attack,
+                data=data,
+            )
+            for src, arch, norm, eps, seed in itertools.product(
+                g.sources, g.archs, g.norms, g.eps, g.seeds
+            )
+        ]
+
+    def transfer_targets(self) -> list[DatasetRef]:
+        return [t.to_ref() for t in self.evaluations.transfer.targets]
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """The first error as one line: field = value: rule and fix."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    ctx = first.get("ctx") or {}
+    value = first.get("input")
+    if first["type"] == "unknown_key":
+        loc.append(ctx["key"])
+        value = ctx.get("value")
+    field = ".".join(loc) or "spec"
+    kind = first["type"]
+    if kind == "missing":
+        return f"{field} is missing: add it (sweeps/demo.yaml shows every key)"
+    if kind == "too_short":
+        return f"{field} is empty: list at least one value"
+    return f"{field} = {value!r}: {first['msg']}"
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep spec; every problem is a SpecError of one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file {str(path)!r} not found: check the path (sweeps/ has examples)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{path}: not valid YAML{where}: fix the syntax there") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the spec must be a YAML mapping with name and grid keys")
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(f"{path}: {format_validation_error(exc)}") from exc
+
+
+def transfer_key(trial_key: str, target: DatasetRef, data: DataConfig, probe: ProbeConfig) -> str:
+    """The eval_key of a linear probe of one trained network on one target."""
+    return compute_key("transfer", trial_key, target, data, probe)
+
+
+def raw_pixel_key(target: DatasetRef, data: DataConfig, probe: ProbeConfig) -> str:
+    """The eval_key of the raw-pixel baseline of one target."""
+    return compute_key("raw_pixels", target, data, probe)
+
+
+def random_init_key(cfg: TrainConfig, target: DatasetRef, probe: ProbeConfig) -> str:
+    """The eval_key of the random-init baseline: same arch and source statistics, seed, target."""
+    return compute_key("random_init", cfg.source, cfg.arch, cfg.seed, target, cfg.data, probe)
+
+
+def fisher_key(trial_key: str, fisher: FisherConfig) -> str:
+    """The eval_key of the Fisher evaluation of one trained network."""
+    return compute_key("fisher", trial_key, fisher)
