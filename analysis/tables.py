@@ -31,7 +31,11 @@ def load_table(results_dir: str | Path, name: str) -> pd.DataFrame:
 def _mean_std(df: pd.DataFrame, by: list[str], column: str, label: str) -> pd.DataFrame:
     grouped = df.groupby(by, dropna=False)[column]
     return pd.DataFrame(
-        {f"{label}_mean": grouped.mean(), f"{label}_std": grouped.std(ddof=1), f"{label}_n": grouped.count()}
+        {
+            f"{label}_mean": grouped.mean(),
+            f"{label}_std": grouped.std(ddof=1),
+            f"{label}_n": grouped.count(),
+        }
     )
 
 
@@ -68,7 +72,11 @@ def tradeoff_table(results_dir: str | Path) -> pd.DataFrame:
             if base.empty:
                 continue
             row: dict[str, object] = {
-                "row_kind": label, "source": source, "arch": arch, "norm": norm, "eps": float("nan"),
+                "row_kind": label,
+                "source": source,
+                "arch": arch,
+                "norm": norm,
+                "eps": float("nan"),
             }
             for target, sub in base.groupby("target"):
                 row[f"transfer[{target}]_mean"] = sub["test_acc"].mean()

@@ -18,7 +18,10 @@ from study.spec import SpecError, SweepSpec, load_spec
 def _print_trials(spec: SweepSpec) -> None:
     configs = spec.expand()
     print(f"study {spec.name}: {len(configs)} trials")
-    header = f"{'#':>3}  {'trial_key':<16}  {'source':<16} {'arch':<14} {'norm':<5} {'eps':>8} {'seed':>4}"
+    header = (
+        f"{'#':>3}  {'trial_key':<16}  {'source':<16} {'arch':<14} {'norm':<5} {'eps':>8} "
+        f"{'seed':>4}"
+    )
     print(header)
     for i, cfg in enumerate(configs):
         print(
@@ -80,16 +83,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="study", description="Adversarial-training sweeps on Ray Tune, logged to MLflow and parquet."
+        prog="study",
+        description="Adversarial-training sweeps on Ray Tune, logged to MLflow and parquet.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate", help="check a spec and print its expanded trials")
     p.add_argument("spec")
     p.set_defaults(func=cmd_validate)
-    p = sub.add_parser("run", help="run a study (resumes: cached trials and evaluations are skipped)")
+    p = sub.add_parser(
+        "run", help="run a study (resumes: cached trials and evaluations are skipped)"
+    )
     p.add_argument("spec")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster address (default: start a local Ray)"
+    )
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("report", help="print the trade-off table of a results folder")
     p.add_argument("results_dir")

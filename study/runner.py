@@ -122,9 +122,7 @@ class Study:
         self.results_dir = spec.results_dir()
         self.data_root = str(Path(spec.data.root).resolve()) if spec.data.root else None
         self.parquet = ParquetSink(self.results_dir / "tables")
-        self.mlflow = MlflowSink(
-            spec.tracking_uri(), spec.name, self.results_dir / "mlartifacts"
-        )
+        self.mlflow = MlflowSink(spec.tracking_uri(), spec.name, self.results_dir / "mlartifacts")
         self.summary = StudySummary()
         self.configs = spec.expand()
         self.summary.trials_total = len(self.configs)
@@ -173,11 +171,27 @@ class Study:
                 self.summary.evals_cached += 1
                 continue
             task = EvalTask(
-                "transfer", key, cfg.data, train=cfg, checkpoint=checkpoint, target=target,
-                probe=probe, data_root=self.data_root,
+                "transfer",
+                key,
+                cfg.data,
+                train=cfg,
+                checkpoint=checkpoint,
+                target=target,
+                probe=probe,
+                data_root=self.data_root,
             )
-            row = {"eval_key": key, "trial_key": cfg.key, "kind": "probe", "target": target.id, **ident}
-            out.append(PendingEval(task, "transfer", row, f"transfer {target.id}", trial_run_id, trial_run_id))
+            row = {
+                "eval_key": key,
+                "trial_key": cfg.key,
+                "kind": "probe",
+                "target": target.id,
+                **ident,
+            }
+            out.append(
+                PendingEval(
+                    task, "transfer", row, f"transfer {target.id}", trial_run_id, trial_run_id
+                )
+            )
         if ev.fisher.enabled:
             fisher = ev.fisher.to_config()
             key = fisher_key(cfg.key, fisher)
@@ -185,7 +199,12 @@ class Study:
                 self.summary.evals_cached += 1
             else:
                 task = EvalTask(
-                    "fisher", key, cfg.data, train=cfg, checkpoint=checkpoint, fisher=fisher,
+                    "fisher",
+                    key,
+                    cfg.data,
+                    train=cfg,
+                    checkpoint=checkpoint,
+                    fisher=fisher,
                     data_root=self.data_root,
                 )
                 row = {"eval_key": key, "trial_key": cfg.key, **ident}
@@ -193,7 +212,7 @@ class Study:
         return out
 
     def baseline_tasks(self) -> list[PendingEval]:
-        """Raw-pixel baselines once per target; random-init ones per (source, arch, seed, target)."""
+        """Raw-pixel baselines per target; random-init ones per (source, arch, seed, target)."""
         ev = self.spec.evaluations.transfer
         if not ev.baselines:
             return []
@@ -204,9 +223,25 @@ class Study:
         for target in self.spec.transfer_targets():
             key = raw_pixel_key(target, data, probe)
             if key not in seen and not self.parquet.has("transfer", key):
-                task = EvalTask("raw_pixels", key, data, target=target, probe=probe, data_root=self.data_root)
-                row = {"eval_key": key, "trial_key": None, "kind": "raw_pixels", "target": target.id}
-                out.append(PendingEval(task, "transfer", row, f"baseline raw pixels {target.id}", self.parent_run_id, None))
+                task = EvalTask(
+                    "raw_pixels", key, data, target=target, probe=probe, data_root=self.data_root
+                )
+                row = {
+                    "eval_key": key,
+                    "trial_key": None,
+                    "kind": "raw_pixels",
+                    "target": target.id,
+                }
+                out.append(
+                    PendingEval(
+                        task,
+                        "transfer",
+                        row,
+                        f"baseline raw pixels {target.id}",
+                        self.parent_run_id,
+                        None,
+                    )
+                )
             seen.add(key)
             for cfg in self.configs:
                 key = random_init_key(cfg, target, probe)
@@ -214,10 +249,23 @@ class Study:
                     seen.add(key)
                     continue
                 seen.add(key)
-                task = EvalTask("random_init", key, cfg.data, train=cfg, target=target, probe=probe, data_root=self.data_root)
+                task = EvalTask(
+                    "random_init",
+                    key,
+                    cfg.data,
+                    train=cfg,
+                    target=target,
+                    probe=probe,
+                    data_root=self.data_root,
+                )
                 row = {
-                    "eval_key": key, "trial_key": None, "kind": "random_init", "target": target.id,
-                    "source": cfg.source.id, "arch": cfg.arch.id, "seed": cfg.seed,
+                    "eval_key": key,
+                    "trial_key": None,
+                    "kind": "random_init",
+                    "target": target.id,
+                    "source": cfg.source.id,
+                    "arch": cfg.arch.id,
+                    "seed": cfg.seed,
                 }
                 name = f"baseline random init {cfg.arch.id} seed={cfg.seed} {target.id}"
                 out.append(PendingEval(task, "transfer", row, name, self.parent_run_id, None))
@@ -261,13 +309,18 @@ class Study:
             role="evaluation",
             parent_run_id=ev.parent_run_id,
             params=self.eval_params(ev.task),
-            tags={"eval_key": ev.task.eval_key, "evaluation": ev.task.kind,
-                  **({"trial_key": ev.row["trial_key"]} if ev.row.get("trial_key") else {})},
+            tags={
+                "eval_key": ev.task.eval_key,
+                "evaluation": ev.task.kind,
+                **({"trial_key": ev.row["trial_key"]} if ev.row.get("trial_key") else {}),
+            },
         )
         self.mlflow.log_metrics(run_id, metrics)
         self.mlflow.end_run(run_id, "FINISHED")
         if ev.trial_run_id is not None:
-            self.mlflow.log_metrics(ev.trial_run_id, {k: v for k, v in metrics.items() if k.startswith(prefix)})
+            self.mlflow.log_metrics(
+                ev.trial_run_id, {k: v for k, v in metrics.items() if k.startswith(prefix)}
+            )
             self.mlflow.flush(ev.trial_run_id)
         row = {**ev.row, **result, "mlflow_run_id": run_id}
         self.parquet.append(ev.table, [row])
@@ -287,8 +340,15 @@ class Study:
                 metrics[f"fisher/weight_trace/{layer}"] = value
             return metrics, "fisher/"
         target = ev.row["target"]
-        name = {"transfer": "acc", "raw_pixels": "acc_raw_pixels", "random_init": "acc_random_init"}[kind]
-        return {f"transfer/{target}/{name}": result["test_acc"], f"transfer/{target}/c": result["c"]}, "transfer/"
+        name = {
+            "transfer": "acc",
+            "raw_pixels": "acc_raw_pixels",
+            "random_init": "acc_random_init",
+        }[kind]
+        return {
+            f"transfer/{target}/{name}": result["test_acc"],
+            f"transfer/{target}/c": result["c"],
+        }, "transfer/"
 
     @staticmethod
     def eval_params(task: EvalTask) -> dict[str, Any]:
@@ -307,8 +367,11 @@ class Study:
 
     def record_eval_failure(self, ev: PendingEval, exc: BaseException) -> None:
         run_id = self.mlflow.run_for(
-            f"eval:{ev.task.eval_key}", name=ev.name, role="evaluation",
-            parent_run_id=ev.parent_run_id, params=self.eval_params(ev.task),
+            f"eval:{ev.task.eval_key}",
+            name=ev.name,
+            role="evaluation",
+            parent_run_id=ev.parent_run_id,
+            params=self.eval_params(ev.task),
             tags={"eval_key": ev.task.eval_key, "evaluation": ev.task.kind},
         )
         self.mlflow.set_tags(run_id, {"error": str(exc)[:5000]})
@@ -441,7 +504,9 @@ class Study:
                     reuse_actors=True,
                     max_concurrent_trials=res.max_concurrent_trials,
                     trial_dirname_creator=lambda t: str(t.config["train"]["trial_key"]),
-                    trial_name_creator=lambda t: describe_trial(by_key[t.config["train"]["trial_key"]]),
+                    trial_name_creator=lambda t: describe_trial(
+                        by_key[t.config["train"]["trial_key"]]
+                    ),
                 ),
                 run_config=tune.RunConfig(
                     name=self.spec.name,

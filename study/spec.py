@@ -18,7 +18,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from trainables.attacks import NORMS
 from trainables.config import (
     ArchRef,
     AttackConfig,
@@ -39,6 +38,11 @@ class SpecError(ValueError):
     """A spec that cannot run: names the field, the value received and the fix, in one line."""
 
 
+def spec_error(kind: str, message: str, **ctx: Any) -> PydanticCustomError:
+    """A validation error with a finished message; ctx 'field' and 'value' refine the location."""
+    return PydanticCustomError(kind, message.replace("{", "(").replace("}", ")"), ctx or None)
+
+
 class StrictModel(BaseModel):
     """Unknown keys are rejected with the closest valid key as a suggestion."""
 
@@ -57,10 +61,11 @@ class StrictModel(BaseModel):
                         if close
                         else f"valid keys here: {', '.join(allowed)}"
                     )
-                    raise PydanticCustomError(
+                    raise spec_error(
                         "unknown_key",
-                        "unknown key {key!r}: {hint}",
-                        {"key": str(key), "hint": hint, "value": data[key]},
+                        f"unknown key {key!r}: {hint}",
+                        field=str(key),
+                        value=data[key],
                     )
         return data
 
@@ -70,10 +75,8 @@ def parse_eps(value: Any) -> Any:
     if isinstance(value, str):
         match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*", value)
         if match is None:
-            raise PydanticCustomError(
-                "eps_format",
-                "eps must be a number or a fraction such as '8/255', got {value!r}",
-                {"value": value},
+            raise spec_error(
+                "eps_format", "eps must be a number or a fraction such as '8/255'", value=value
             )
         return float(match.group(1)) / float(match.group(2))
     return value
@@ -94,10 +97,8 @@ class DatasetSpec(StrictModel):
     @classmethod
     def _known(cls, name: str) -> str:
         if name not in list_datasets():
-            raise PydanticCustomError(
-                "unknown_dataset",
-                "unknown dataset {name!r}: choose one of {choices}",
-                {"name": name, "choices": ", ".join(list_datasets())},
+            raise spec_error(
+                "unknown_dataset", f"unknown dataset: choose one of {', '.join(list_datasets())}"
             )
         return name
 
@@ -107,19 +108,26 @@ class DatasetSpec(StrictModel):
             return self
         n = get_dataset_info(self.dataset).num_classes
         if len(self.classes) < 2:
-            raise PydanticCustomError(
-                "classes", "a class subset needs at least 2 classes, got {c}", {"c": self.classes}
+            raise spec_error(
+                "classes",
+                "a class subset needs at least 2 classes: list more, or drop classes",
+                field="classes",
+                value=self.classes,
             )
         if len(set(self.classes)) != len(self.classes):
-            raise PydanticCustomError(
-                "classes", "classes {c} repeat a class: list each once", {"c": self.classes}
+            raise spec_error(
+                "classes",
+                "a class is listed twice: list each once",
+                field="classes",
+                value=self.classes,
             )
         bad = [c for c in self.classes if not 0 <= c < n]
         if bad:
-            raise PydanticCustomError(
+            raise spec_error(
                 "classes",
-                "classes {bad} do not exist in {name}: use labels 0..{last}",
-                {"bad": bad, "name": self.dataset, "last": n - 1},
+                f"classes {bad} do not exist in {self.dataset}: use labels 0..{n - 1}",
+                field="classes",
+                value=self.classes,
             )
         return self
 
@@ -128,7 +136,7 @@ class DatasetSpec(StrictModel):
 
 
 class ArchSpec(StrictModel):
-    """A registered architecture with a width multiplier: resnet18 or {name: resnet18, width: 0.25}."""
+    """A registered arch and width multiplier: resnet18 or {name: resnet18, width: 0.25}."""
 
     name: str
     width: float = Field(1.0, gt=0, le=16)
@@ -142,10 +150,8 @@ class ArchSpec(StrictModel):
     @classmethod
     def _known(cls, name: str) -> str:
         if name not in list_models():
-            raise PydanticCustomError(
-                "unknown_arch",
-                "unknown arch {name!r}: choose one of {choices}",
-                {"name": name, "choices": ", ".join(list_models())},
+            raise spec_error(
+                "unknown_arch", f"unknown arch: choose one of {', '.join(list_models())}"
             )
         return name
 
@@ -172,25 +178,22 @@ class GridSpec(StrictModel):
     def _eps_valid(cls, values: list[float]) -> list[float]:
         for i, v in enumerate(values):
             if not math.isfinite(v) or v < 0:
-                raise PydanticCustomError(
+                raise spec_error(
                     "eps_value",
-                    "eps[{i}] = {v} is not allowed: eps must be a finite number >= 0 "
-                    "(pixel units of [0, 1] inputs)",
-                    {"i": i, "v": v},
+                    "eps must be a finite number >= 0 in pixel units of [0, 1] inputs: "
+                    "use 0 for standard training or a positive radius",
+                    field=str(i),
+                    value=v,
                 )
         if len(set(values)) != len(values):
-            raise PydanticCustomError(
-                "eps_repeat", "eps {values} repeats a value: list each once", {"values": values}
-            )
+            raise spec_error("eps_repeat", "eps repeats a value: list each once")
         return values
 
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, values: list[int]) -> list[int]:
         if len(set(values)) != len(values) or any(v < 0 for v in values):
-            raise PydanticCustomError(
-                "seeds", "seeds {v} must be distinct integers >= 0", {"v": values}
-            )
+            raise spec_error("seeds", "seeds must be distinct integers >= 0")
         return values
 
     @model_validator(mode="after")
@@ -198,11 +201,12 @@ class GridSpec(StrictModel):
         if "linf" in self.norms:
             for i, v in enumerate(self.eps):
                 if v > 1:
-                    raise PydanticCustomError(
+                    raise spec_error(
                         "linf_eps",
-                        "eps[{i}] = {v:g} with norm linf is above 1, but eps is in pixel units of "
-                        "[0, 1] inputs: write it as '{v:g}/255' (= {f:.4f})",
-                        {"i": i, "v": v, "f": v / 255},
+                        f"a linf eps above 1 cannot be in pixel units of [0, 1] inputs: "
+                        f"write it as '{v:g}/255' (= {v / 255:.4f})",
+                        field=f"eps.{i}",
+                        value=v,
                     )
         return self
 
@@ -286,25 +290,26 @@ class FisherSpec(StrictModel):
     @classmethod
     def _method(cls, v: str) -> str:
         if v not in FISHER_METHODS:
-            raise PydanticCustomError(
-                "choice", "unknown method {v!r}: choose one of {c}", {"v": v, "c": FISHER_METHODS}
-            )
+            raise spec_error("choice", f"unknown method: choose one of {', '.join(FISHER_METHODS)}")
         return v
 
     @field_validator("weight_fisher")
     @classmethod
     def _wf(cls, v: str) -> str:
         if v not in WEIGHT_FISHER_TYPES:
-            raise PydanticCustomError(
-                "choice",
-                "unknown weight Fisher {v!r}: choose one of {c}",
-                {"v": v, "c": WEIGHT_FISHER_TYPES},
+            raise spec_error(
+                "choice", f"unknown weight Fisher: choose one of {', '.join(WEIGHT_FISHER_TYPES)}"
             )
         return v
 
     def to_config(self) -> FisherConfig:
         return FisherConfig(
-            self.num_samples, self.sigma, self.input_method, self.probes, self.weight_fisher, self.seed
+            self.num_samples,
+            self.sigma,
+            self.input_method,
+            self.probes,
+            self.weight_fisher,
+            self.seed,
         )
 
 
@@ -387,10 +392,9 @@ def format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
     ctx = first.get("ctx") or {}
-    value = first.get("input")
-    if first["type"] == "unknown_key":
-        loc.append(ctx["key"])
-        value = ctx.get("value")
+    value = ctx.get("value", first.get("input"))
+    if "field" in ctx:
+        loc += str(ctx["field"]).split(".")
     field = ".".join(loc) or "spec"
     kind = first["type"]
     if kind == "missing":

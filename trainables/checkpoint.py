@@ -46,7 +46,9 @@ def flatten_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, torch
     return flat
 
 
-def restore_optimizer_state(optimizer: torch.optim.Optimizer, flat: dict[str, torch.Tensor]) -> None:
+def restore_optimizer_state(
+    optimizer: torch.optim.Optimizer, flat: dict[str, torch.Tensor]
+) -> None:
     """Inverse of flatten_optimizer_state; hyperparameters come from the config, not the file."""
     state: dict[int, dict[str, Any]] = {}
     for key, tensor in flat.items():
@@ -108,5 +110,7 @@ def load_checkpoint(
     device = next(model.parameters()).device
     model.load_state_dict(load_file(str(directory / MODEL_FILE), device=str(device)))
     if optimizer is not None and OPTIM_FILE in manifest["files"]:
-        restore_optimizer_state(optimizer, load_file(str(directory / OPTIM_FILE), device=str(device)))
+        restore_optimizer_state(
+            optimizer, load_file(str(directory / OPTIM_FILE), device=str(device))
+        )
     return manifest

@@ -148,7 +148,9 @@ def run_training(
 
     for epoch in range(start_epoch, cfg.optim.epochs):
         t0 = time.perf_counter()
-        order = torch.randperm(len(x_train), generator=seeded_generator(cfg.seed, 0, epoch, torch.device("cpu")))
+        order = torch.randperm(
+            len(x_train), generator=seeded_generator(cfg.seed, 0, epoch, torch.device("cpu"))
+        )
         attack_gen = seeded_generator(cfg.seed, 1, epoch, device)
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0

@@ -42,7 +42,7 @@ def configure_worker() -> torch.device:
 
 
 def train_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable: adversarially train one grid cell, resuming from Tune's checkpoint."""
+    """Tune function trainable: train one grid cell, resuming from Tune's checkpoint if any."""
     device = configure_worker()
     cfg = train_config_from_dict(config["train"]["config"])
     splits = build_dataset(cfg.source, cfg.data, config.get("data_root"))

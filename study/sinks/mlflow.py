@@ -59,9 +59,7 @@ class MlflowSink:
         index: dict[str, str] = {}
         token = None
         while True:
-            page = self.client.search_runs(
-                [self.experiment_id], max_results=1000, page_token=token
-            )
+            page = self.client.search_runs([self.experiment_id], max_results=1000, page_token=token)
             for run in page:
                 key = run.data.tags.get(KEY_TAG)
                 if key:

@@ -93,7 +93,12 @@ def evaluate_fisher(
     x, y = splits.x_test[: fisher.num_samples], splits.y_test[: fisher.num_samples]
     gen = torch.Generator().manual_seed(fisher.seed)
     inp = compute_input_fisher(
-        model, x, method=fisher.input_method, probes=fisher.probes, sigma=fisher.sigma, generator=gen
+        model,
+        x,
+        method=fisher.input_method,
+        probes=fisher.probes,
+        sigma=fisher.sigma,
+        generator=gen,
     )
     wf = compute_weight_fisher(model, x, y, fisher_type=fisher.weight_fisher, generator=gen)
     return {

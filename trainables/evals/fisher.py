@@ -89,7 +89,9 @@ def compute_input_fisher(
         if method == "exact":
             parts.append(input_fisher_trace_exact(model.features, xb, sigma))
         else:
-            parts.append(input_fisher_trace_hutchinson(model.features, xb, probes, sigma, generator))
+            parts.append(
+                input_fisher_trace_hutchinson(model.features, xb, probes, sigma, generator)
+            )
     return _summarise(torch.cat(parts).detach())
 
 

@@ -45,7 +45,9 @@ def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -
     return torch.cat(chunks)
 
 
-def _fit(features: np.ndarray, labels: np.ndarray, c: float, cfg: ProbeConfig) -> LogisticRegression:
+def _fit(
+    features: np.ndarray, labels: np.ndarray, c: float, cfg: ProbeConfig
+) -> LogisticRegression:
     clf = LogisticRegression(C=c, max_iter=cfg.max_iter)
     return clf.fit(features, labels)
 

@@ -85,7 +85,7 @@ def build_model(arch: ArchRef, inputs: ModelInput, num_classes: int) -> Classifi
 
 
 def _scaled(channels: int, width: float) -> int:
-    return max(4, int(round(channels * width)))
+    return max(4, round(channels * width))
 
 
 @register_model("small_cnn")

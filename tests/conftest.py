@@ -1,0 +1,106 @@
+"""Shared fixtures: a tiny in-memory reporter, small configs, and real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Two cores: keep each test process to one torch thread so Ray workers are not starved.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+class ListReporter:
+    """The in-memory Reporter: keeps each epoch's metrics and a copy of its checkpoint."""
+
+    def __init__(self, keep_dir: Path | None = None) -> None:
+        self.metrics: list[dict[str, float]] = []
+        self.checkpoints: list[Path] = []
+        self.keep_dir = keep_dir
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        import shutil
+
+        self.metrics.append(dict(metrics))
+        if checkpoint_dir is not None and self.keep_dir is not None:
+            dest = self.keep_dir / f"epoch{int(metrics['epoch'])}"
+            shutil.copytree(checkpoint_dir, dest)
+            self.checkpoints.append(dest)
+
+
+@pytest.fixture
+def reporter(tmp_path: Path) -> ListReporter:
+    return ListReporter(tmp_path / "kept")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with code {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.25)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 (SQLite store), stopped by its PID."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    cmd = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--workers",
+        "1",
+    ]
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, 90, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A real local Ray (2 CPUs) shared by the integration tests of one session."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        yield
+    finally:
+        ray.shutdown()

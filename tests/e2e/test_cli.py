@@ -1,0 +1,116 @@
+"""The `study` command end to end on the smoke spec: rows, runs, re-runs and the report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+STUDY = str(Path(sys.executable).parent / "study")
+
+
+def run_study(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([STUDY, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+    tmp = tmp_path_factory.mktemp("smoke")
+    spec = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
+    spec["output"] = {"results_dir": str(tmp / "results")}
+    path = tmp / "smoke.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    first = run_study("run", str(path), cwd=tmp)
+    return path, tmp / "results", first
+
+
+def tables(results: Path) -> dict[str, pd.DataFrame]:
+    return {
+        n: pd.read_parquet(results / "tables" / n)
+        for n in ("trials", "epochs", "transfer", "fisher")
+    }
+
+
+def test_run_writes_every_row_and_prints_the_table(smoke) -> None:  # type: ignore[no-untyped-def]
+    _, results, first = smoke
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    t = tables(results)
+    assert sorted(t["trials"]["eps"]) == [0.0, 0.5]
+    assert len(t["epochs"]) == 2 * 2
+    kinds = t["transfer"]["kind"].value_counts().to_dict()
+    assert kinds == {"probe": 2, "random_init": 1, "raw_pixels": 1}
+    assert len(t["fisher"]) == 2 and (t["fisher"]["input_trace"] > 0).all()
+    for name in ("transfer[digits-c56789]", "input_fisher", "raw pixels", "random init"):
+        assert name in first.stdout
+    assert "mlflow ui --backend-store-uri sqlite:///" in first.stdout
+    assert str(results / "tables") in first.stdout
+    for ckpt in t["trials"]["checkpoint_path"]:
+        assert (Path(ckpt) / "model.safetensors").is_file()
+
+
+def test_mlflow_has_one_parent_and_its_nested_runs(smoke) -> None:  # type: ignore[no-untyped-def]
+    _, results, _ = smoke
+    mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["smoke"])
+    roles = runs["tags.atsweep.role"].value_counts().to_dict()
+    assert roles == {"study": 1, "trial": 2, "evaluation": 6}
+    parent = runs[runs["tags.atsweep.role"] == "study"]["run_id"].item()
+    trials = runs[runs["tags.atsweep.role"] == "trial"]
+    assert (trials["tags.mlflow.parentRunId"] == parent).all()
+    evals = runs[runs["tags.atsweep.role"] == "evaluation"]
+    assert set(evals["tags.mlflow.parentRunId"]) <= set(trials["run_id"]) | {parent}
+    t = tables(results)
+    assert set(t["trials"]["mlflow_run_id"]) == set(trials["run_id"])
+    assert set(t["trials"]["trial_key"]) == set(trials["tags.trial_key"])
+    assert set(runs["status"]) == {"FINISHED"}
+    assert trials["metrics.test/acc_pgd"].notna().all()
+
+
+def test_running_twice_adds_no_rows_and_no_runs(smoke) -> None:  # type: ignore[no-untyped-def]
+    path, results, _ = smoke
+    before = {n: len(df) for n, df in tables(results).items()}
+    second = run_study("run", str(path), cwd=path.parent)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "2 cached, 0 to run" in second.stdout
+    assert {n: len(df) for n, df in tables(results).items()} == before
+    mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
+    assert len(mlflow.search_runs(experiment_names=["smoke"])) == 9
+
+
+def test_extending_the_grid_runs_only_the_new_cell(smoke) -> None:  # type: ignore[no-untyped-def]
+    path, results, _ = smoke
+    spec = yaml.safe_load(path.read_text())
+    spec["grid"]["eps"] = [0.0, 0.5, 1.0]
+    extended = path.parent / "extended.yaml"
+    extended.write_text(yaml.safe_dump(spec))
+    out = run_study("run", str(extended), cwd=path.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 cached, 1 to run" in out.stdout
+    t = tables(results)
+    assert sorted(t["trials"]["eps"]) == [0.0, 0.5, 1.0]
+    assert len(t["epochs"]) == 3 * 2 and len(t["fisher"]) == 3
+    assert not t["trials"]["trial_key"].duplicated().any()
+
+
+def test_report_prints_the_tradeoff_table(smoke) -> None:  # type: ignore[no-untyped-def]
+    _, results, _ = smoke
+    out = run_study("report", str(results), cwd=results)
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:4] == ["source", "arch", "norm", "eps"]
+    assert any(line.split()[3] == "0.5" for line in lines[2:])
+
+
+def test_report_on_a_folder_without_tables_exits_2(tmp_path: Path) -> None:
+    out = run_study("report", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == 2 and "no tables/ folder" in out.stderr

@@ -1,0 +1,71 @@
+"""MLflow sink against a real `mlflow server` on 127.0.0.1: the run hierarchy and batching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from study.sinks.mlflow import MlflowSink
+
+pytestmark = pytest.mark.integration
+
+
+def test_hierarchy_is_found_by_search_runs_and_reused_by_key(
+    mlflow_server: str, tmp_path: Path
+) -> None:
+    sink = MlflowSink(mlflow_server, "hierarchy", tmp_path / "art")
+    parent = sink.run_for(
+        "study:h", name="h", role="study", parent_run_id=None, params={"grid": {"eps": [0, 0.5]}}
+    )
+    trial = sink.run_for(
+        "trial:k1",
+        name="trial 1",
+        role="trial",
+        parent_run_id=parent,
+        params={"eps": 0.5, "optim": {"lr": 0.1}},
+        tags={"trial_key": "k1"},
+    )
+    for epoch in range(3):
+        sink.log_metrics(
+            trial, {"train/loss": 1.0 / (epoch + 1), "test/acc_pgd": 0.1 * epoch}, step=epoch
+        )
+    evaluation = sink.run_for("eval:e1", name="transfer", role="evaluation", parent_run_id=trial)
+    sink.log_metrics(evaluation, {"transfer/t/acc": 0.9})
+    sink.end_run(evaluation)
+    sink.end_run(trial)
+    sink.end_run(parent)
+
+    mlflow.set_tracking_uri(mlflow_server)
+    runs = mlflow.search_runs(experiment_names=["hierarchy"])
+    assert len(runs) == 3
+    children = mlflow.search_runs(
+        experiment_names=["hierarchy"], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    assert children["run_id"].tolist() == [trial]
+    assert children["params.optim.lr"].iloc[0] == "0.1"
+    assert children["tags.trial_key"].iloc[0] == "k1"
+    history = sink.client.get_metric_history(trial, "train/loss")
+    assert [m.step for m in history] == [0, 1, 2]
+    nested = mlflow.search_runs(
+        experiment_names=["hierarchy"], filter_string=f"tags.mlflow.parentRunId = '{trial}'"
+    )
+    assert nested["metrics.transfer/t/acc"].tolist() == [0.9]
+    assert set(runs["status"]) == {"FINISHED"}
+
+    # A second sink (a re-run) finds the same runs by key instead of creating new ones.
+    again = MlflowSink(mlflow_server, "hierarchy", tmp_path / "art")
+    assert again.run_for("trial:k1", name="trial 1", role="trial", parent_run_id=parent) == trial
+    again.end_run(trial)
+    assert len(mlflow.search_runs(experiment_names=["hierarchy"])) == 3
+
+
+def test_metrics_are_buffered_until_flush(mlflow_server: str, tmp_path: Path) -> None:
+    sink = MlflowSink(mlflow_server, "buffering", tmp_path / "art")
+    run = sink.run_for("r", name="r", role="trial", parent_run_id=None)
+    for step in range(50):
+        sink.log_metrics(run, {"m": float(step)}, step=step)
+    assert sink.client.get_metric_history(run, "m") == []
+    sink.flush()
+    assert len(sink.client.get_metric_history(run, "m")) == 50

@@ -1,0 +1,74 @@
+"""A real Tune trial and a real evaluation task on a local Ray."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from trainables.checkpoint import read_manifest
+from trainables.config import (
+    ArchRef,
+    AttackConfig,
+    DataConfig,
+    DatasetRef,
+    OptimConfig,
+    ProbeConfig,
+    TrainConfig,
+    to_canonical,
+)
+from trainables.evals import EvalTask
+
+pytestmark = pytest.mark.integration
+
+
+def test_tune_trial_reports_each_epoch_and_checkpoints(ray_local: None, tmp_path: Path) -> None:
+    import ray
+    from ray import tune
+
+    from trainables.tune_entry import evaluate_remote, train_trial
+
+    cfg = TrainConfig(
+        source=DatasetRef("digits", (0, 1, 2)),
+        arch=ArchRef("small_cnn", 0.5),
+        norm="linf",
+        eps=0.1,
+        seed=0,
+        optim=OptimConfig(epochs=2, batch_size=64, lr=0.05),
+        attack=AttackConfig(steps=2),
+        eval_attack=AttackConfig(steps=3),
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(train_trial, {"cpu": 1}),
+        param_space={"train": {"trial_key": cfg.key, "config": to_canonical(asdict(cfg))}},
+        run_config=tune.RunConfig(name="one", storage_path=str(tmp_path), verbose=0),
+    )
+    results = tuner.fit()
+    result = results[0]
+    assert result.error is None
+    assert result.metrics["epoch"] == 1
+    assert 0 <= result.metrics["test/acc_pgd"] <= result.metrics["test/acc_clean"] <= 1
+    assert len(result.metrics_dataframe) == 2
+    ckpt = Path(result.checkpoint.path)
+    assert read_manifest(ckpt)["epoch"] == 1
+
+    task = EvalTask(
+        "transfer",
+        "k",
+        cfg.data,
+        train=cfg,
+        checkpoint=str(ckpt),
+        target=DatasetRef("digits", (5, 6)),
+        probe=ProbeConfig(c_grid=(1.0,)),
+    )
+    out = ray.get(evaluate_remote.options(num_cpus=1).remote(task))
+    assert 0.5 <= out["test_acc"] <= 1 and out["wall_time_s"] > 0
+    raw = EvalTask(
+        "raw_pixels",
+        "r",
+        DataConfig(),
+        target=DatasetRef("digits", (5, 6)),
+        probe=ProbeConfig(c_grid=(1.0,)),
+    )
+    assert ray.get(evaluate_remote.remote(raw))["test_acc"] > 0.9

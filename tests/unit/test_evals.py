@@ -1,0 +1,133 @@
+"""Evaluations checked against brute force on small models (PAPER.md sections 3-4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from trainables.config import ArchRef, DataConfig, DatasetRef, ProbeConfig
+from trainables.data import build_dataset
+from trainables.evals.fisher import (
+    compute_input_fisher,
+    compute_weight_fisher,
+    input_fisher_trace_exact,
+    input_fisher_trace_hutchinson,
+)
+from trainables.evals.transfer import fit_probe, run_raw_pixel_probe
+from trainables.models import ModelInput, build_model
+
+pytestmark = pytest.mark.unit
+
+
+def small_model(seed: int = 0, arch: str = "small_cnn") -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(ArchRef(arch, 0.25), ModelInput(1, 8, (0.3,), (0.4,)), 4).eval()
+
+
+def finite_difference_jacobian(fn, x: torch.Tensor, h: float = 1e-6) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    x = x.double()
+    flat = x.flatten()
+    cols = []
+    for i in range(flat.numel()):
+        e = torch.zeros_like(flat)
+        e[i] = h
+        cols.append((fn((flat + e).view_as(x)) - fn((flat - e).view_as(x))).flatten() / (2 * h))
+    return torch.stack(cols, dim=1)
+
+
+def test_exact_input_fisher_matches_a_finite_difference_jacobian() -> None:
+    model = small_model().double()
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    exact = input_fisher_trace_exact(model.features, x, sigma=2.0)
+    for i in range(3):
+        jac = finite_difference_jacobian(lambda z: model.features(z), x[i : i + 1])
+        assert exact[i].item() == pytest.approx(jac.pow(2).sum().item() / 4.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hutchinson_matches_the_exact_trace_within_three_standard_errors(seed: int) -> None:
+    model = small_model(seed)
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+    exact = input_fisher_trace_exact(model.features, x)
+    gen = torch.Generator().manual_seed(seed)
+    probes = 64
+    # Per-sample estimates from single probes give the estimator's own standard error.
+    singles = torch.stack(
+        [input_fisher_trace_hutchinson(model.features, x, 1, generator=gen) for _ in range(probes)]
+    )
+    est = singles.mean(0)
+    se = singles.std(0) / probes**0.5
+    assert ((est - exact).abs() <= 3 * se + 1e-6).float().mean() >= 0.95
+    assert est.mean().item() == pytest.approx(exact.mean().item(), rel=0.1)
+
+
+def test_input_fisher_summary_reports_mean_and_stderr() -> None:
+    model = small_model()
+    x = torch.rand(20, 1, 8, 8)
+    summary = compute_input_fisher(model, x, method="exact", probes=0, sigma=1.0)
+    exact = input_fisher_trace_exact(model.features, x)
+    assert summary.mean == pytest.approx(exact.mean().item(), rel=1e-5)
+    assert summary.stderr == pytest.approx(exact.std().item() / 20**0.5, rel=1e-4)
+    assert summary.n == 20
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet18"])
+@pytest.mark.parametrize("fisher_type", ["empirical", "true"])
+def test_weight_fisher_matches_a_per_sample_loop(arch: str, fisher_type: str) -> None:
+    model = small_model(arch=arch)
+    x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    y = torch.randint(0, 4, (12,), generator=torch.Generator().manual_seed(6))
+    result = compute_weight_fisher(
+        model,
+        x,
+        y,
+        fisher_type=fisher_type,
+        generator=torch.Generator().manual_seed(7),
+        batch_size=5,
+    )
+    # Brute force: the same labels (sampled with the same generator, same batches), one
+    # backward pass per sample.
+    gen = torch.Generator().manual_seed(7)
+    labels = []
+    for start in range(0, 12, 5):
+        if fisher_type == "true":
+            with torch.no_grad():
+                probs = F.softmax(model(x[start : start + 5]), 1)
+            labels.append(torch.multinomial(probs, 1, generator=gen).squeeze(1))
+        else:
+            labels.append(y[start : start + 5])
+    yy = torch.cat(labels)
+    totals, per_layer = [], {}
+    for i in range(12):
+        model.zero_grad()
+        (-F.cross_entropy(model(x[i : i + 1]), yy[i : i + 1])).backward()
+        total = 0.0
+        for name, p in model.named_parameters():
+            sq = p.grad.pow(2).sum().item()
+            total += sq
+            layer = name.rsplit(".", 1)[0]
+            per_layer[layer] = per_layer.get(layer, 0.0) + sq / 12
+        totals.append(total)
+    assert result.trace.mean == pytest.approx(np.mean(totals), rel=1e-5)
+    assert set(result.per_layer) == set(per_layer)
+    for layer, value in per_layer.items():
+        assert result.per_layer[layer] == pytest.approx(value, rel=1e-4, abs=1e-10)
+
+
+def test_probe_reaches_sklearn_quality_and_chooses_c_on_validation() -> None:
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 10)) * 3
+    y = rng.integers(0, 3, 300)
+    f = centers[y] + rng.normal(size=(300, 10))
+    result = fit_probe(f[:200], y[:200], f[200:], y[200:], ProbeConfig(c_grid=(0.001, 1.0)))
+    assert result.test_acc > 0.9
+    assert result.c in (0.001, 1.0)
+    assert result.n_train == 200 and result.n_test == 100 and result.feature_dim == 10
+
+
+def test_raw_pixel_probe_on_digits_is_a_strong_baseline() -> None:
+    target = build_dataset(DatasetRef("digits", (5, 6, 7, 8, 9)), DataConfig())
+    assert run_raw_pixel_probe(target, ProbeConfig(c_grid=(0.1, 1.0))).test_acc > 0.9

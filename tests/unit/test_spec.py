@@ -1,0 +1,173 @@
+"""Sweep specs: expansion, stable keys, and one-line errors for every kind of bad input."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from study.cli import main
+from study.spec import SweepSpec, load_spec
+from trainables.config import train_config_from_dict
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def base_spec(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "name": "unit",
+        "grid": {
+            "sources": [{"dataset": "digits", "classes": [0, 1, 2, 3, 4]}],
+            "archs": ["small_cnn", {"name": "resnet18", "width": 0.25}],
+            "norms": ["l2"],
+            "eps": [0, 0.5],
+            "seeds": [0, 1],
+        },
+        "evaluations": {
+            "transfer": {"targets": [{"dataset": "digits", "classes": [5, 6, 7, 8, 9]}]}
+        },
+        "output": {"results_dir": str(tmp_path / "results")},
+    }
+
+
+def write(tmp_path: Path, spec: dict[str, Any]) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_demo_spec_is_valid_and_has_the_required_grid() -> None:
+    spec = load_spec(ROOT / "sweeps" / "demo.yaml")
+    eps = spec.grid.eps
+    assert len(eps) >= 4 and 0 in eps and len(spec.grid.seeds) >= 2
+
+
+def test_grid_expands_to_the_cartesian_product_with_distinct_stable_keys(tmp_path: Path) -> None:
+    spec = SweepSpec.model_validate(base_spec(tmp_path))
+    configs = spec.expand()
+    assert len(configs) == 1 * 2 * 1 * 2 * 2
+    keys = [c.key for c in configs]
+    assert len(set(keys)) == len(keys)
+    again = SweepSpec.model_validate(base_spec(tmp_path)).expand()
+    assert [c.key for c in again] == keys
+
+
+def test_key_ignores_output_and_resources_but_not_training(tmp_path: Path) -> None:
+    raw = base_spec(tmp_path)
+    keys = [c.key for c in SweepSpec.model_validate(raw).expand()]
+    other = copy.deepcopy(raw)
+    other["output"] = {"results_dir": str(tmp_path / "elsewhere")}
+    other["resources"] = {"cpus_per_trial": 2}
+    other["name"] = "renamed"
+    assert [c.key for c in SweepSpec.model_validate(other).expand()] == keys
+    changed = copy.deepcopy(raw)
+    changed["training"] = {"lr": 0.05}
+    assert not set(c.key for c in SweepSpec.model_validate(changed).expand()) & set(keys)
+
+
+def test_integer_and_float_eps_hash_the_same(tmp_path: Path) -> None:
+    a = base_spec(tmp_path)
+    b = copy.deepcopy(a)
+    b["grid"]["eps"] = [0.0, 0.5]
+    assert [c.key for c in SweepSpec.model_validate(a).expand()] == [
+        c.key for c in SweepSpec.model_validate(b).expand()
+    ]
+
+
+def test_fractions_are_accepted_for_linf(tmp_path: Path) -> None:
+    raw = base_spec(tmp_path)
+    raw["grid"]["norms"] = ["linf"]
+    raw["grid"]["eps"] = [0, "8/255"]
+    spec = SweepSpec.model_validate(raw)
+    assert spec.grid.eps[1] == pytest.approx(8 / 255)
+
+
+def test_config_round_trips_through_plain_dicts(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    for cfg in SweepSpec.model_validate(base_spec(tmp_path)).expand():
+        back = train_config_from_dict(asdict(cfg))
+        assert back == cfg and back.key == cfg.key
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+BAD_SPECS = [
+    # (mutation, fragments the one-line error must contain)
+    (
+        lambda s: s["grid"]["sources"][0].update(dataset="digitz"),
+        ["grid.sources.0.dataset", "'digitz'", "choose one of", "digits"],
+    ),
+    (
+        lambda s: s["grid"]["archs"].append("resnet1"),
+        ["grid.archs.2.name", "'resnet1'", "choose one of", "resnet18", "small_cnn"],
+    ),
+    (lambda s: s["grid"].update(eps=[0, -0.5]), ["grid.eps", "-0.5", ">= 0"]),
+    (lambda s: s["grid"].update(eps=[0, float("nan")]), ["grid.eps", "nan", "finite"]),
+    (lambda s: s["grid"].update(norms=["linf"], eps=[0, 8]), ["grid", "8", "linf", "8/255"]),
+    (lambda s: s["grid"].update(seeds=[]), ["grid.seeds", "empty", "at least one"]),
+    (lambda s: s["grid"].update(epss=[0.1]), ["grid.epss", "did you mean 'eps'"]),
+    (lambda s: s.update(trainig={"epochs": 3}), ["trainig", "did you mean 'training'"]),
+    (lambda s: s["grid"]["sources"][0].update(classes=[0, 12]), ["classes", "12", "0..9"]),
+]
+
+
+@pytest.mark.parametrize("mutate,fragments", BAD_SPECS)
+def test_bad_spec_exits_2_with_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mutate: Any, fragments: list[str]
+) -> None:
+    raw = base_spec(tmp_path)
+    mutate(raw)
+    path = write(tmp_path, raw)
+    for command in ("validate", "run"):
+        code, out, err = run_cli([command, str(path)], capsys)
+        assert code == 2
+        assert out == ""
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        for fragment in fragments:
+            assert fragment in lines[0], (fragment, lines[0])
+    assert not (tmp_path / "results").exists(), "a bad spec must write nothing"
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
+
+
+def test_missing_spec_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["run", str(tmp_path / "nope.yaml")], capsys)
+    assert code == 2
+    assert "nope.yaml" in err and "not found" in err and len(err.strip().splitlines()) == 1
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\ngrid: [1, 2\n")
+    code, _, err = run_cli(["validate", str(path)], capsys)
+    assert code == 2 and "line" in err and len(err.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    from study.spec import SpecError
+
+    with pytest.raises(SpecError):
+        main(["--debug", "validate", str(tmp_path / "nope.yaml")])
+
+
+def test_validate_prints_each_trial_with_its_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, base_spec(tmp_path))
+    code, out, _ = run_cli(["validate", str(path)], capsys)
+    assert code == 0
+    for cfg in load_spec(path).expand():
+        assert cfg.key in out
+    assert "8 trials" in out
+    assert not (tmp_path / "results").exists()
