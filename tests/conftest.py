@@ -94,9 +94,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
-    """A real local Ray (2 CPUs) shared by the integration tests of one session."""
+    """A real local Ray (2 CPUs) shared by the tests of one module."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +121,26 @@ BAD_SPECS = [
 ]
 
 
+@pytest.fixture
+def untouchable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray and MLflow raise if touched: a bad spec must be rejected before either starts."""
+    import mlflow.tracking
+    import ray
+
+    def touched(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("Ray or MLflow was touched for a bad spec")
+
+    monkeypatch.setattr(ray, "init", touched)
+    monkeypatch.setattr(mlflow.tracking.MlflowClient, "__init__", touched)
+
+
 @pytest.mark.parametrize("mutate,fragments", BAD_SPECS)
 def test_bad_spec_exits_2_with_one_line_and_writes_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], mutate: Any, fragments: list[str]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    untouchable: None,
+    mutate: Any,
+    fragments: list[str],
 ) -> None:
     raw = base_spec(tmp_path)
     mutate(raw)
@@ -138,7 +154,6 @@ def test_bad_spec_exits_2_with_one_line_and_writes_nothing(
         for fragment in fragments:
             assert fragment in lines[0], (fragment, lines[0])
     assert not (tmp_path / "results").exists(), "a bad spec must write nothing"
-    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
 
 
 def test_missing_spec_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
