@@ -82,6 +82,19 @@ def clip_to_box(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return (x + delta).clamp(0.0, 1.0) - x
 
 
+def _per_sample_loss(
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    logits: torch.Tensor,
+    y: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sample loss when the loss supports reduction='none', else the batch loss per sample."""
+    try:
+        out = loss_fn(logits, y, reduction="none")  # type: ignore[call-arg]
+    except TypeError:
+        out = loss_fn(logits, y).expand(len(y))
+    return out.reshape(len(y), -1).sum(1) if out.dim() > 1 else out
+
+
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -92,27 +105,69 @@ def pgd(
     steps: int,
     step_size: float,
     random_start: bool = True,
+    restarts: int = 1,
     generator: torch.Generator | None = None,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    loss_fn: Callable[..., torch.Tensor] = F.cross_entropy,
 ) -> torch.Tensor:
     """Projected gradient ascent on loss_fn(model(x + delta), y) over the eps-ball and [0, 1].
 
-    Returns the adversarial input x + delta, detached. eps = 0 or steps = 0 without a random
-    start returns x itself. The model's mode (train/eval) is left as the caller set it.
+    Returns the adversarial input x + delta, detached. With restarts > 1 each sample keeps the
+    perturbation of the restart that reached its highest loss (a sample is robust only if no
+    restart breaks it). eps = 0 returns x itself. The model's mode is left as the caller set it.
     """
     threat = get_threat_model(norm)
     x = x.detach()
     if eps == 0 or (steps == 0 and not random_start):
         return x
-    if random_start:
-        delta = clip_to_box(x, threat.random_start(x, eps, generator))
-    else:
-        delta = torch.zeros_like(x)
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = loss_fn(model(x + delta), y)
-        (grad,) = torch.autograd.grad(loss, [delta])
+    best_x, best_loss = x, None
+    for _ in range(max(restarts, 1)):
+        if random_start:
+            delta = clip_to_box(x, threat.random_start(x, eps, generator))
+        else:
+            delta = torch.zeros_like(x)
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            loss = loss_fn(model(x + delta), y)
+            (grad,) = torch.autograd.grad(loss, [delta])
+            with torch.no_grad():
+                delta = threat.project(threat.step(delta, grad, step_size), eps)
+                delta = clip_to_box(x, delta)
+        candidate = (x + delta).detach()
+        if restarts <= 1:
+            return candidate
         with torch.no_grad():
-            delta = threat.project(threat.step(delta, grad, step_size), eps)
-            delta = clip_to_box(x, delta)
-    return (x + delta).detach()
+            loss_now = _per_sample_loss(loss_fn, model(candidate), y)
+        if best_loss is None:
+            best_x, best_loss = candidate, loss_now
+        else:
+            better = loss_now > best_loss
+            best_x = torch.where(better.view(-1, *([1] * (x.dim() - 1))), candidate, best_x)
+            best_loss = torch.maximum(loss_now, best_loss)
+    return best_x
+
+
+def fgsm_rs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    norm: str,
+    eps: float,
+    step_size: float,
+    generator: torch.Generator | None = None,
+    loss_fn: Callable[..., torch.Tensor] = F.cross_entropy,
+) -> torch.Tensor:
+    """FGSM with a random start ("Fast is better than free", Wong et al. 2020): one PGD step
+    from a uniform point of the ball, alpha = 1.25 eps by default in the caller."""
+    return pgd(
+        model,
+        x,
+        y,
+        norm=norm,
+        eps=eps,
+        steps=1,
+        step_size=step_size,
+        random_start=True,
+        generator=generator,
+        loss_fn=loss_fn,
+    )
