@@ -1,19 +1,28 @@
-"""Datasets as in-memory image tensors in [0, 1], with class subsets and a seeded split.
+"""Datasets as image sets in [0, 1], with class subsets, seeded splits and tensor augmentation.
 
-A dataset is registered by name with a loader returning all its images and labels; the
-registry, not the caller, knows how to load it. Pixel values stay in [0, 1] so that eps is in
-pixel units; normalisation happens inside the model (PAPER.md section 2).
+A dataset is registered by name with a loader that returns its train and test ImageSets (or one
+set when the dataset has no official split, which is then split here, seeded and stratified).
+Small datasets are held in memory as tensors; large ones (ImageNet, the transfer targets stored
+as image files) are read through torchvision on demand. Pixel values stay in [0, 1] so that eps
+is in pixel units; normalisation happens inside the model (PAPER.md section 2).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from trainables.config import DataConfig, DatasetRef
+
+
+class DataMissingError(FileNotFoundError):
+    """A dataset's files are not where they were looked for (and download is off)."""
 
 
 @dataclass(frozen=True)
@@ -30,18 +39,95 @@ class DatasetInfo:
 
 
 @dataclass(frozen=True)
-class Splits:
-    """Train and test tensors of one dataset (x: float32 N x C x H x W in [0, 1], y: int64)."""
+class LoadRequest:
+    """Where to look for a dataset and whether torchvision may download it."""
 
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+    root: str | None = None
+    download: bool = False
+
+
+DEFAULT_LOAD = LoadRequest()
+
+
+class ImageSet(Protocol):
+    """Indexed images and labels; get_batch returns float32 N x C x H x W in [0, 1]."""
+
+    targets: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def get_batch(self, indices: np.ndarray | Sequence[int]) -> torch.Tensor: ...
+
+
+class TensorImageSet:
+    """Images held in memory (uint8 0..255 or float 0..1), N x C x H x W."""
+
+    def __init__(self, images: torch.Tensor, targets: np.ndarray) -> None:
+        if images.dim() != 4:
+            raise ValueError(f"images must be N x C x H x W, got shape {tuple(images.shape)}")
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} labels")
+        self.images = images
+        self.targets = np.asarray(targets, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def get_batch(self, indices: np.ndarray | Sequence[int]) -> torch.Tensor:
+        return to_unit_float(self.images[torch.as_tensor(np.asarray(indices), dtype=torch.long)])
+
+
+class SubsetImageSet:
+    """A subset of another set's items, with relabelled targets."""
+
+    def __init__(self, base: ImageSet, indices: np.ndarray, targets: np.ndarray) -> None:
+        self.base = base
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.targets = np.asarray(targets, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def get_batch(self, indices: np.ndarray | Sequence[int]) -> torch.Tensor:
+        return self.base.get_batch(self.indices[np.asarray(indices, dtype=np.int64)])
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float32 0..1; float images are returned as float32."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train and test sets of one dataset (after its class subset), with the dataset's info."""
+
+    train: ImageSet
+    test: ImageSet
     num_classes: int
     info: DatasetInfo
 
+    @property
+    def y_train(self) -> torch.Tensor:
+        return torch.from_numpy(self.train.targets)
 
-Loader = Callable[[str | None], tuple[np.ndarray, np.ndarray]]
+    @property
+    def y_test(self) -> torch.Tensor:
+        return torch.from_numpy(self.test.targets)
+
+    @property
+    def x_train(self) -> torch.Tensor:
+        """All train images at once: only for small in-memory datasets."""
+        return self.train.get_batch(np.arange(len(self.train)))
+
+    @property
+    def x_test(self) -> torch.Tensor:
+        """All test images at once: only for small in-memory datasets."""
+        return self.test.get_batch(np.arange(len(self.test)))
+
+
+Loader = Callable[[LoadRequest], tuple[ImageSet, ImageSet | None]]
 
 _REGISTRY: dict[str, tuple[DatasetInfo, Loader]] = {}
 
@@ -53,45 +139,29 @@ def register_dataset(info: DatasetInfo, loader: Loader) -> None:
 
 def list_datasets() -> list[str]:
     """The registered dataset names, sorted."""
+    _load_builtin_registrations()
     return sorted(_REGISTRY)
 
 
 def get_dataset_info(name: str) -> DatasetInfo:
     """The registry entry of a dataset; an unknown name lists the choices."""
+    _load_builtin_registrations()
     if name not in _REGISTRY:
         raise KeyError(f"unknown dataset {name!r}: choose one of {', '.join(list_datasets())}")
     return _REGISTRY[name][0]
 
 
-def _load_digits(root: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled 8x8 digits (1797 images, 16 grey levels), no download."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
-    return x, bunch.target.astype(np.int64)
-
-
-register_dataset(
-    DatasetInfo(
-        name="digits",
-        num_classes=10,
-        channels=1,
-        size=8,
-        mean=(0.305,),
-        std=(0.389,),
-        description="scikit-learn's bundled 8x8 handwritten digits (offline)",
-    ),
-    _load_digits,
-)
+def _load_builtin_registrations() -> None:
+    # Imported lazily: the torchvision-backed registrations import torchvision.
+    from trainables.data import builtin  # noqa: F401
 
 
 def select_classes(
-    x: np.ndarray, y: np.ndarray, classes: tuple[int, ...] | None, num_classes: int, name: str
+    targets: np.ndarray, classes: tuple[int, ...] | None, num_classes: int, name: str
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Keep only the given classes and relabel them 0..k-1 in the given order."""
+    """Indices of the items in the given classes and their labels relabelled 0..k-1 in order."""
     if classes is None:
-        return x, y, num_classes
+        return np.arange(len(targets)), targets, num_classes
     bad = [c for c in classes if not 0 <= c < num_classes]
     if bad:
         raise ValueError(
@@ -100,8 +170,8 @@ def select_classes(
         )
     mapping = np.full(num_classes, -1, dtype=np.int64)
     mapping[list(classes)] = np.arange(len(classes))
-    keep = mapping[y] >= 0
-    return x[keep], mapping[y[keep]], len(classes)
+    keep = np.flatnonzero(mapping[targets] >= 0)
+    return keep, mapping[targets[keep]], len(classes)
 
 
 def split_stratified(
@@ -114,24 +184,134 @@ def split_stratified(
     for label in np.unique(y):
         idx = np.flatnonzero(y == label)
         rng.shuffle(idx)
-        n_test = int(round(len(idx) * test_fraction))
+        n_test = round(len(idx) * test_fraction)
         test_idx.append(idx[:n_test])
         train_idx.append(idx[n_test:])
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
 
 
-def build_dataset(ref: DatasetRef, data: DataConfig, root: str | None = None) -> Splits:
-    """Load a registered dataset, keep its class subset and split it (seeded, stratified)."""
+def subsample_per_class(y: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """At most `limit` items per class (seeded), in their original order; all when None."""
+    if limit is None:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(y == c))[:limit] for c in np.unique(y)]
+    return np.sort(np.concatenate(keep))
+
+
+def _subset(base: ImageSet, idx: np.ndarray, labels: np.ndarray) -> ImageSet:
+    if isinstance(base, TensorImageSet):
+        return TensorImageSet(base.images[torch.from_numpy(idx)], labels)
+    return SubsetImageSet(base, idx, labels)
+
+
+def build_dataset(
+    ref: DatasetRef, data: DataConfig, root: str | None = None, download: bool = False
+) -> Splits:
+    """Load a registered dataset, keep its class subset, split it when it has no test split.
+
+    The official test split is used when the dataset has one; otherwise a seeded, stratified
+    split with data.test_fraction. data.max_per_class caps the train items of each class.
+    """
     info = get_dataset_info(ref.name)
     loader = _REGISTRY[ref.name][1]
-    x, y = loader(root)
-    x, y, k = select_classes(x, y, ref.classes, info.num_classes, ref.name)
-    train_idx, test_idx = split_stratified(y, data.test_fraction, data.split_seed)
-    return Splits(
-        x_train=torch.from_numpy(np.ascontiguousarray(x[train_idx])),
-        y_train=torch.from_numpy(y[train_idx]),
-        x_test=torch.from_numpy(np.ascontiguousarray(x[test_idx])),
-        y_test=torch.from_numpy(y[test_idx]),
-        num_classes=k,
-        info=info,
-    )
+    train, test = loader(LoadRequest(root=root, download=download))
+    if test is None:
+        idx, labels, k = select_classes(train.targets, ref.classes, info.num_classes, ref.name)
+        tr, te = split_stratified(labels, data.test_fraction, data.split_seed)
+        train_set, test_set = (
+            _subset(train, idx[tr], labels[tr]),
+            _subset(train, idx[te], labels[te]),
+        )
+    else:
+        idx, labels, k = select_classes(train.targets, ref.classes, info.num_classes, ref.name)
+        train_set = _subset(train, idx, labels) if ref.classes is not None else train
+        t_idx, t_labels, _ = select_classes(test.targets, ref.classes, info.num_classes, ref.name)
+        test_set = _subset(test, t_idx, t_labels) if ref.classes is not None else test
+    if data.max_per_class is not None:
+        keep = subsample_per_class(train_set.targets, data.max_per_class, data.split_seed)
+        train_set = _subset(train_set, keep, train_set.targets[keep])
+    if data.max_test_per_class is not None:
+        keep = subsample_per_class(test_set.targets, data.max_test_per_class, data.split_seed)
+        test_set = _subset(test_set, keep, test_set.targets[keep])
+    return Splits(train=train_set, test=test_set, num_classes=k, info=info)
+
+
+def iterate_batches(
+    images: ImageSet, batch_size: int, order: np.ndarray | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) batches in the given order (default: sequential)."""
+    order = np.arange(len(images)) if order is None else order
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield images.get_batch(idx), torch.from_numpy(images.targets[idx])
+
+
+def augment_batch(
+    x: torch.Tensor, generator: torch.Generator, *, crop_padding: int, flip: bool
+) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, per image, on tensors."""
+    n, _, h, w = x.shape
+    if crop_padding > 0:
+        padded = F.pad(x, (crop_padding,) * 4)
+        dy = torch.randint(0, 2 * crop_padding + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * crop_padding + 1, (n,), generator=generator)
+        rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).to(x.device)
+        cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).to(x.device)
+        batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+        chan = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+        x = padded[batch, chan, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    if flip:
+        mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        x = torch.where(mask.view(n, 1, 1, 1), x.flip(3), x)
+    return x
+
+
+def adapt_images(x: torch.Tensor, channels: int, size: int) -> torch.Tensor:
+    """Images in the format a model expects: channel count (grey <-> RGB) and side length."""
+    if x.shape[1] != channels:
+        if x.shape[1] == 1:
+            x = x.expand(-1, channels, -1, -1)
+        elif channels == 1:
+            weights = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
+            x = (x[:, :3] * weights).sum(1, keepdim=True)
+        else:
+            raise ValueError(f"cannot adapt {x.shape[1]}-channel images to {channels} channels")
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+        x = x.clamp(0.0, 1.0)
+    return x
+
+
+def random_resized_crop_batch(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """ImageNet-style random resized crop per image, back to the input size, on tensors."""
+    n, _, h, w = x.shape
+    out = torch.empty_like(x)
+    area = h * w
+    for i in range(n):
+        for _ in range(10):
+            target = area * float(torch.empty(1).uniform_(*scale, generator=generator))
+            log_r = torch.empty(1).uniform_(
+                math.log(ratio[0]), math.log(ratio[1]), generator=generator
+            )
+            aspect = math.exp(float(log_r))
+            cw = round(math.sqrt(target * aspect))
+            ch = round(math.sqrt(target / aspect))
+            if 0 < cw <= w and 0 < ch <= h:
+                break
+        else:
+            ch, cw = h, w
+        top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+        crop = x[i : i + 1, :, top : top + ch, left : left + cw]
+        out[i : i + 1] = F.interpolate(
+            crop, size=(h, w), mode="bilinear", antialias=True, align_corners=False
+        ).clamp(0.0, 1.0)
+    return out

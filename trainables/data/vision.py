@@ -1,0 +1,830 @@
+"""torchvision-backed datasets: the in-memory small ones and the file-based transfer targets.
+
+Every dataset is read through torchvision's own dataset class, from the layout that class expects
+under the data root (LoadRequest.root, else $ATSWEEP_DATA_ROOT, else ./data):
+
+    cifar10        ROOT/cifar-10-batches-py/            cifar100      ROOT/cifar-100-python/
+    svhn           ROOT/{train,test}_32x32.mat          stl10         ROOT/stl10_binary/
+    mnist          ROOT/MNIST/raw/                      fashion_mnist ROOT/FashionMNIST/raw/ (*)
+    imagenet       ROOT/imagenet/ (meta.bin or the devkit archive; train/, val/ or their archives;
+                   ROOT itself when it holds meta.bin or the devkit archive)
+    flowers102     ROOT/flowers-102/                    dtd           ROOT/dtd/dtd/
+    oxford_pets    ROOT/oxford-iiit-pet/                fgvc_aircraft ROOT/fgvc-aircraft-2013b/
+    food101        ROOT/food-101/                       caltech101    ROOT/caltech101/
+    stanford_cars  ROOT/stanford_cars/                  sun397        ROOT/SUN397/
+    cinic10        ROOT/cinic10/{train,test}/CLASS/*
+    cub200         ROOT/cub200/{train,test}/CLASS/*
+
+(*) or, offline, Debian's dataset-fashion-mnist package (FASHION_MNIST_DEBIAN_DIR), unpacked
+once into ROOT/FashionMNIST/raw (or ~/.cache/atsweep/FashionMNIST/raw when ROOT is read-only).
+
+The small datasets (CIFAR, SVHN, MNIST, Fashion-MNIST, STL-10) are held in memory as uint8
+tensors; the others are TorchvisionImageSets that decode, resize and crop images on demand.
+torchvision's integrity checks (md5 sums) stay on. With download off, missing files raise
+DataMissingError before torchvision is asked (check_available runs the same cheap checks).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torchvision.datasets as tvd
+from torch.utils.data import ConcatDataset, Dataset
+from torchvision.transforms.v2 import functional as TF
+
+from trainables.data import (
+    DataMissingError,
+    DatasetInfo,
+    ImageSet,
+    LoadRequest,
+    TensorImageSet,
+    get_dataset_info,
+    register_dataset,
+)
+
+__all__ = [
+    "FASHION_MNIST_DEBIAN_DIR",
+    "TorchvisionImageSet",
+    "check_available",
+    "check_dataset_available",
+    "dataset_targets",
+    "register_image_folder",
+    "resolve_root",
+    "user_cache_dir",
+]
+
+# Debian's dataset-fashion-mnist package: the four IDX files, gzipped (tests patch this).
+FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+T = TypeVar("T")
+
+
+# --- where the data lives -------------------------------------------------------------------
+
+
+def resolve_root(request: LoadRequest) -> Path:
+    """The data root: request.root, else $ATSWEEP_DATA_ROOT, else ./data (made absolute)."""
+    root = request.root or os.environ.get("ATSWEEP_DATA_ROOT") or "data"
+    return Path(root).expanduser().absolute()
+
+
+def user_cache_dir() -> Path:
+    """Where unpacked copies go when the data root is read-only: $XDG_CACHE_HOME/atsweep."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "atsweep"
+
+
+# --- availability checks ----------------------------------------------------------------------
+
+_CHECKS: dict[str, Callable[[LoadRequest], object]] = {}
+
+
+def _missing_error(
+    name: str, label: str, root: Path, looked: Sequence[Path], fix: str
+) -> DataMissingError:
+    """The one-line error: the dataset, the folders searched and the fix."""
+    looked_for = ", ".join(str(p) for p in looked)
+    return DataMissingError(
+        f"{name}: no {label} files under {root} (looked for {looked_for}): {fix}"
+    )
+
+
+def _fix(label: str, downloadable: bool) -> str:
+    if downloadable:
+        return (
+            "set data.root to the folder that holds them, or data.download: true on a machine "
+            "with internet"
+        )
+    return f"set data.root to the folder that holds them (torchvision cannot download {label})"
+
+
+@dataclass(frozen=True)
+class _Files:
+    """What must exist for a dataset: a folder under the root, and entries inside it."""
+
+    label: str
+    folder: Callable[[Path], Path]
+    entries: tuple[str, ...] = ()
+    downloadable: bool = True
+
+    def missing(self, root: Path) -> list[Path]:
+        folder = self.folder(root)
+        if not folder.is_dir() and folder != root:
+            return [folder]
+        return [folder / e for e in self.entries if not (folder / e).exists()]
+
+    def check(self, name: str, request: LoadRequest) -> Path:
+        """The root, after checking the files are there (skipped when torchvision may download)."""
+        root = resolve_root(request)
+        if request.download and self.downloadable:
+            return root
+        missing = self.missing(root)
+        if missing:
+            raise _missing_error(
+                name, self.label, root, missing, _fix(self.label, self.downloadable)
+            )
+        return root
+
+
+def check_dataset_available(name: str, request: LoadRequest) -> None:
+    """Cheap existence checks (nothing decoded): DataMissingError when a dataset is not there.
+
+    Meant for the driver, before any trial starts. digits ships with scikit-learn and needs
+    nothing; a dataset registered without a check (register_dataset elsewhere) passes.
+    """
+    if name == "digits":
+        return
+    get_dataset_info(name)  # an unknown name lists the choices
+    check = _CHECKS.get(name)
+    if check is not None:
+        check(request)
+
+
+def check_available(name: str, request: LoadRequest) -> None:
+    """DataMissingError (one line: dataset, folders searched, fix) if name's files are absent."""
+    check_dataset_available(name, request)
+
+
+def _construct(name: str, root: Path, factory: Callable[[], T]) -> T:
+    """Call a torchvision constructor, naming the dataset when torchvision rejects the files."""
+    try:
+        return factory()
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"{name}: torchvision could not read the files under {root} ({err}); they may be "
+            "incomplete or corrupted: replace them with a fresh copy"
+        ) from err
+
+
+# --- file-based image sets --------------------------------------------------------------------
+
+
+def dataset_targets(dataset: Dataset) -> np.ndarray:
+    """The labels of a torchvision dataset, read from its label attribute (nothing decoded)."""
+    if isinstance(dataset, ConcatDataset):
+        return np.concatenate([dataset_targets(d) for d in dataset.datasets])
+    if isinstance(dataset, tvd.StanfordCars):
+        labels: Any = [label for _, label in dataset._samples]
+    elif isinstance(dataset, tvd.Caltech101):
+        labels = dataset.y
+    elif isinstance(dataset, tvd.DatasetFolder):  # ImageFolder, ImageNet
+        labels = dataset.targets
+    elif hasattr(dataset, "_labels"):
+        # Flowers102, DTD, OxfordIIITPet, FGVCAircraft, Food101, SUN397
+        labels = dataset._labels
+    elif hasattr(dataset, "targets"):
+        labels = dataset.targets
+    else:
+        raise TypeError(f"cannot read the labels of {type(dataset).__name__} without decoding")
+    return np.asarray(labels, dtype=np.int64).reshape(-1)
+
+
+class TorchvisionImageSet:
+    """Images read from files through a torchvision dataset, decoded on demand.
+
+    Each image is converted to RGB (or L for one channel), its shorter side resized to `size`
+    and centre-cropped to size x size; get_batch returns float32 N x C x size x size in [0, 1].
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        size: int,
+        channels: int = 3,
+        targets: np.ndarray | None = None,
+    ) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.dataset = dataset
+        self.size = size
+        self.channels = channels
+        self.targets = np.asarray(
+            dataset_targets(dataset) if targets is None else targets, dtype=np.int64
+        )
+        n = len(dataset)  # type: ignore[arg-type]
+        if len(self.targets) != n:
+            raise ValueError(f"{n} images but {len(self.targets)} labels")
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load_image(self, index: int) -> torch.Tensor:
+        """One image as uint8 C x size x size."""
+        image = self.dataset[index][0]
+        mode = "L" if self.channels == 1 else "RGB"
+        if isinstance(image, torch.Tensor):
+            image = TF.to_pil_image(image)
+        if image.mode != mode:
+            image = image.convert(mode)
+        if image.size != (self.size, self.size):
+            image = TF.resize(image, [self.size], antialias=True)
+            image = TF.center_crop(image, [self.size, self.size])
+        return TF.pil_to_tensor(image)
+
+    def get_batch(self, indices: np.ndarray | Sequence[int]) -> torch.Tensor:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(idx) == 0:
+            return torch.empty(0, self.channels, self.size, self.size)
+        batch = torch.stack([self.load_image(int(i)) for i in idx])
+        return batch.float().div_(255.0)
+
+
+# --- in-memory datasets -----------------------------------------------------------------------
+
+
+def _nchw(images: np.ndarray | torch.Tensor, layout: str) -> torch.Tensor:
+    """uint8 images as a contiguous N x C x H x W tensor, from NHWC, NCHW or NHW."""
+    x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    if layout == "nhwc":
+        x = x.permute(0, 3, 1, 2)
+    elif layout == "nhw":
+        x = x.unsqueeze(1)
+    return x.to(torch.uint8).contiguous()
+
+
+def _labels(targets: Any) -> np.ndarray:
+    if isinstance(targets, torch.Tensor):
+        targets = targets.numpy()
+    return np.asarray(targets, dtype=np.int64).reshape(-1)
+
+
+def _register(
+    info: DatasetInfo,
+    loader: Callable[[LoadRequest], tuple[ImageSet, ImageSet | None]],
+    check: Callable[[LoadRequest], object],
+) -> None:
+    register_dataset(info, loader)
+    _CHECKS[info.name] = check
+
+
+def _cifar(name: str, cls: type[tvd.CIFAR10], files: _Files) -> Callable[[LoadRequest], Any]:
+    def load(request: LoadRequest) -> tuple[ImageSet, ImageSet]:
+        root = files.check(name, request)
+        sets = []
+        for train in (True, False):
+            ds = _construct(
+                name, root, lambda t=train: cls(str(root), train=t, download=request.download)
+            )
+            sets.append(TensorImageSet(_nchw(ds.data, "nhwc"), _labels(ds.targets)))
+        return sets[0], sets[1]
+
+    return load
+
+
+def _mnist_like(
+    name: str, cls: type[tvd.MNIST], root_of: Callable[[LoadRequest], Path]
+) -> Callable[[LoadRequest], Any]:
+    def load(request: LoadRequest) -> tuple[ImageSet, ImageSet]:
+        root = root_of(request)
+        sets = []
+        for train in (True, False):
+            ds = _construct(
+                name, root, lambda t=train: cls(str(root), train=t, download=request.download)
+            )
+            sets.append(TensorImageSet(_nchw(ds.data, "nhw"), _labels(ds.targets)))
+        return sets[0], sets[1]
+
+    return load
+
+
+def _split_loader(
+    name: str,
+    files: _Files,
+    make: Callable[[Path, str, bool], Any],
+    splits: tuple[str, str],
+    in_memory: bool,
+) -> Callable[[LoadRequest], Any]:
+    """A loader for a torchvision class with a split argument: (train split, test split)."""
+
+    def load(request: LoadRequest) -> tuple[ImageSet, ImageSet]:
+        root = files.check(name, request)
+        sets: list[ImageSet] = []
+        for split in splits:
+            ds = _construct(name, root, lambda s=split: make(root, s, request.download))
+            if in_memory:
+                sets.append(TensorImageSet(_nchw(ds.data, "nchw"), _labels(ds.labels)))
+            else:
+                info = get_dataset_info(name)
+                sets.append(TorchvisionImageSet(ds, info.size, info.channels))
+        return sets[0], sets[1]
+
+    return load
+
+
+_CIFAR10 = _Files(
+    "CIFAR-10",
+    lambda r: r / "cifar-10-batches-py",
+    (*[f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta"),
+)
+_CIFAR100 = _Files("CIFAR-100", lambda r: r / "cifar-100-python", ("train", "test", "meta"))
+_SVHN = _Files("SVHN", lambda r: r, ("train_32x32.mat", "test_32x32.mat"))
+_STL10 = _Files(
+    "STL-10",
+    lambda r: r / "stl10_binary",
+    ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "unlabeled_X.bin"),
+)
+_MNIST = _Files("MNIST", lambda r: r / "MNIST" / "raw", _MNIST_FILES)
+
+_register(
+    DatasetInfo(
+        "cifar10",
+        10,
+        3,
+        32,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        "CIFAR-10: 50000/10000 32x32 colour images of 10 classes (Krizhevsky, 2009)",
+    ),
+    _cifar("cifar10", tvd.CIFAR10, _CIFAR10),
+    lambda request: _CIFAR10.check("cifar10", request),
+)
+_register(
+    DatasetInfo(
+        "cifar100",
+        100,
+        3,
+        32,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        "CIFAR-100: 50000/10000 32x32 colour images of 100 fine classes (Krizhevsky, 2009)",
+    ),
+    _cifar("cifar100", tvd.CIFAR100, _CIFAR100),
+    lambda request: _CIFAR100.check("cifar100", request),
+)
+_register(
+    DatasetInfo(
+        "svhn",
+        10,
+        3,
+        32,
+        (0.4377, 0.4438, 0.4728),
+        (0.1980, 0.2010, 0.1970),
+        "SVHN: 73257/26032 32x32 cropped house-number digits (Netzer et al., 2011)",
+    ),
+    _split_loader(
+        "svhn",
+        _SVHN,
+        lambda root, split, download: tvd.SVHN(str(root), split=split, download=download),
+        ("train", "test"),
+        in_memory=True,
+    ),
+    lambda request: _SVHN.check("svhn", request),
+)
+_register(
+    DatasetInfo(
+        "stl10",
+        10,
+        3,
+        96,
+        (0.4467, 0.4398, 0.4066),
+        (0.2603, 0.2566, 0.2713),
+        "STL-10: 5000/8000 labelled 96x96 colour images of 10 classes (Coates et al., 2011)",
+    ),
+    _split_loader(
+        "stl10",
+        _STL10,
+        lambda root, split, download: tvd.STL10(str(root), split=split, download=download),
+        ("train", "test"),
+        in_memory=True,
+    ),
+    lambda request: _STL10.check("stl10", request),
+)
+_register(
+    DatasetInfo(
+        "mnist",
+        10,
+        1,
+        28,
+        (0.1307,),
+        (0.3081,),
+        "MNIST: 60000/10000 28x28 handwritten digits (LeCun et al., 1998)",
+    ),
+    _mnist_like("mnist", tvd.MNIST, lambda request: _MNIST.check("mnist", request)),
+    lambda request: _MNIST.check("mnist", request),
+)
+
+
+# --- Fashion-MNIST, with Debian's package as an offline source ----------------------------------
+
+
+def _has_idx_files(folder: Path, suffix: str = "") -> bool:
+    return all((folder / f"{f}{suffix}").is_file() for f in _MNIST_FILES)
+
+
+def _gunzip_atomic(src: Path, dest: Path) -> None:
+    """Decompress src to dest through a temporary file and os.replace (no half-written dest)."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _unpack_debian_fashion_mnist(debian: Path, root: Path) -> Path:
+    """Unpack Debian's .gz files into ROOT/FashionMNIST/raw, else the user cache: the root used."""
+    errors: list[str] = []
+    for target in (root, user_cache_dir()):
+        raw = target / "FashionMNIST" / "raw"
+        try:
+            raw.mkdir(parents=True, exist_ok=True)
+            for f in _MNIST_FILES:
+                if not (raw / f).is_file():
+                    _gunzip_atomic(debian / f"{f}.gz", raw / f)
+        except OSError as err:
+            errors.append(f"{raw}: {err}")
+            continue
+        return target
+    raise OSError(f"fashion_mnist: cannot unpack {debian} into {' or '.join(errors)}")
+
+
+def _fashion_mnist_root(request: LoadRequest) -> Path:
+    """The root that holds FashionMNIST/raw, unpacking Debian's copy when needed."""
+    root = resolve_root(request)
+    if request.download or _has_idx_files(root / "FashionMNIST" / "raw"):
+        return root
+    debian = FASHION_MNIST_DEBIAN_DIR
+    if _has_idx_files(debian, ".gz"):
+        return _unpack_debian_fashion_mnist(debian, root)
+    if _has_idx_files(user_cache_dir() / "FashionMNIST" / "raw"):
+        return user_cache_dir()
+    raise _missing_error(
+        "fashion_mnist",
+        "Fashion-MNIST",
+        root,
+        [root / "FashionMNIST" / "raw", debian],
+        _fix("Fashion-MNIST", True) + " (or install Debian's dataset-fashion-mnist package)",
+    )
+
+
+def _check_fashion_mnist(request: LoadRequest) -> None:
+    root = resolve_root(request)
+    if request.download or _has_idx_files(root / "FashionMNIST" / "raw"):
+        return
+    if _has_idx_files(FASHION_MNIST_DEBIAN_DIR, ".gz"):
+        return
+    _fashion_mnist_root(request)  # the cache, else the error
+
+
+_register(
+    DatasetInfo(
+        "fashion_mnist",
+        10,
+        1,
+        28,
+        (0.2860,),
+        (0.3530,),
+        "Fashion-MNIST: 60000/10000 28x28 greyscale Zalando product images (Xiao et al., 2017)",
+    ),
+    _mnist_like("fashion_mnist", tvd.FashionMNIST, _fashion_mnist_root),
+    _check_fashion_mnist,
+)
+
+
+# --- ImageNet -------------------------------------------------------------------------------
+
+_IMAGENET_DEVKIT = "ILSVRC2012_devkit_t12.tar.gz"
+_IMAGENET_ARCHIVES = {"train": "ILSVRC2012_img_train.tar", "val": "ILSVRC2012_img_val.tar"}
+
+
+def _imagenet_root(root: Path) -> Path:
+    """ROOT itself when it holds ImageNet's meta.bin or devkit, else ROOT/imagenet."""
+    if (root / "meta.bin").is_file() or (root / _IMAGENET_DEVKIT).is_file():
+        return root
+    return root / "imagenet"
+
+
+def _check_imagenet(request: LoadRequest) -> Path:
+    root = resolve_root(request)
+    folder = _imagenet_root(root)
+    missing: list[Path] = []
+    if not folder.is_dir():
+        missing.append(folder)
+    else:
+        if not ((folder / "meta.bin").is_file() or (folder / _IMAGENET_DEVKIT).is_file()):
+            missing.append(folder / "meta.bin")
+        for split, archive in _IMAGENET_ARCHIVES.items():
+            if not ((folder / split).is_dir() or (folder / archive).is_file()):
+                missing.append(folder / split)
+    if missing:
+        raise _missing_error(
+            "imagenet",
+            "ImageNet",
+            root,
+            missing,
+            "set data.root to the folder that holds imagenet/ with meta.bin (or "
+            f"{_IMAGENET_DEVKIT}) and train/, val/ (or their .tar archives); torchvision "
+            "cannot download ImageNet",
+        )
+    return folder
+
+
+def _load_imagenet(request: LoadRequest) -> tuple[ImageSet, ImageSet]:
+    folder = _check_imagenet(request)
+    info = get_dataset_info("imagenet")
+    sets = [
+        TorchvisionImageSet(
+            _construct("imagenet", folder, lambda s=split: tvd.ImageNet(str(folder), split=s)),
+            info.size,
+            info.channels,
+        )
+        for split in ("train", "val")
+    ]
+    return sets[0], sets[1]
+
+
+_register(
+    DatasetInfo(
+        "imagenet",
+        1000,
+        3,
+        224,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        "ImageNet ILSVRC-2012: 1.28M train / 50000 val images of 1000 classes, 224x224 crops",
+    ),
+    _load_imagenet,
+    _check_imagenet,
+)
+
+
+# --- file-based transfer targets --------------------------------------------------------------
+
+
+def _register_files(
+    name: str,
+    num_classes: int,
+    files: _Files,
+    make: Callable[[Path, str, bool], Any],
+    splits: tuple[str, str] | None,
+    description: str,
+    *,
+    size: int = 224,
+) -> None:
+    """A file-based dataset: (train, test) splits, or splits=None for one set split later."""
+    info = DatasetInfo(name, num_classes, 3, size, IMAGENET_MEAN, IMAGENET_STD, description)
+    if splits is not None:
+        loader = _split_loader(name, files, make, splits, in_memory=False)
+    else:
+
+        def loader(request: LoadRequest) -> tuple[ImageSet, None]:
+            root = files.check(name, request)
+            ds = _construct(name, root, lambda: make(root, "all", request.download))
+            return TorchvisionImageSet(ds, info.size, info.channels), None
+
+    _register(info, loader, lambda request: files.check(name, request))
+
+
+def _concat(*datasets: Dataset) -> Dataset:
+    return ConcatDataset(datasets)
+
+
+_register_files(
+    "flowers102",
+    102,
+    _Files("Flowers-102", lambda r: r / "flowers-102", ("jpg", "imagelabels.mat", "setid.mat")),
+    lambda root, split, dl: (
+        _concat(
+            tvd.Flowers102(str(root), split="train", download=dl),
+            tvd.Flowers102(str(root), split="val", download=False),
+        )
+        if split == "trainval"
+        else tvd.Flowers102(str(root), split=split, download=dl)
+    ),
+    ("trainval", "test"),
+    "Oxford Flowers-102: 2040 train+val / 6149 test images of 102 flower species",
+)
+_register_files(
+    "dtd",
+    47,
+    _Files(
+        "DTD",
+        lambda r: r / "dtd" / "dtd",
+        ("images", "labels/train1.txt", "labels/test1.txt"),
+    ),
+    lambda root, split, dl: tvd.DTD(str(root), split=split, partition=1, download=dl),
+    ("train", "test"),
+    "Describable Textures (DTD), partition 1: 1880 train / 1880 test images of 47 textures",
+)
+_register_files(
+    "oxford_pets",
+    37,
+    _Files(
+        "Oxford-IIIT Pet",
+        lambda r: r / "oxford-iiit-pet",
+        ("images", "annotations/trainval.txt", "annotations/test.txt"),
+    ),
+    lambda root, split, dl: tvd.OxfordIIITPet(
+        str(root), split=split, target_types="category", download=dl
+    ),
+    ("trainval", "test"),
+    "Oxford-IIIT Pet: 3680 trainval / 3669 test images of 37 cat and dog breeds",
+)
+_register_files(
+    "fgvc_aircraft",
+    100,
+    _Files(
+        "FGVC-Aircraft",
+        lambda r: r / "fgvc-aircraft-2013b",
+        (
+            "data/images",
+            "data/variants.txt",
+            "data/images_variant_trainval.txt",
+            "data/images_variant_test.txt",
+        ),
+    ),
+    lambda root, split, dl: tvd.FGVCAircraft(
+        str(root), split=split, annotation_level="variant", download=dl
+    ),
+    ("trainval", "test"),
+    "FGVC-Aircraft 2013b, variants: 6667 trainval / 3333 test images of 100 aircraft variants",
+)
+_register_files(
+    "food101",
+    101,
+    _Files("Food-101", lambda r: r / "food-101", ("images", "meta/train.json", "meta/test.json")),
+    lambda root, split, dl: tvd.Food101(str(root), split=split, download=dl),
+    ("train", "test"),
+    "Food-101: 75750 train / 25250 test images of 101 dishes",
+)
+_register_files(
+    "caltech101",
+    101,
+    _Files("Caltech-101", lambda r: r / "caltech101", ("101_ObjectCategories",)),
+    lambda root, split, dl: tvd.Caltech101(str(root), target_type="category", download=dl),
+    None,
+    "Caltech-101: 8677 images of 101 object categories (no background class, no official "
+    "split: split here, seeded and stratified)",
+)
+_register_files(
+    "stanford_cars",
+    196,
+    _Files(
+        "Stanford Cars",
+        lambda r: r / "stanford_cars",
+        (
+            "devkit/cars_meta.mat",
+            "devkit/cars_train_annos.mat",
+            "cars_train",
+            "cars_test_annos_withlabels.mat",
+            "cars_test",
+        ),
+        downloadable=False,
+    ),
+    # torchvision's StanfordCars always refuses download=True (its URL is gone): never pass it.
+    lambda root, split, dl: tvd.StanfordCars(str(root), split=split, download=False),
+    ("train", "test"),
+    "Stanford Cars: 8144 train / 8041 test images of 196 car models",
+)
+_register_files(
+    "sun397",
+    397,
+    _Files("SUN397", lambda r: r / "SUN397", ("ClassName.txt",)),
+    lambda root, split, dl: tvd.SUN397(str(root), download=dl),
+    None,
+    "SUN397: 108754 scene images of 397 categories (no official split: split here, seeded "
+    "and stratified)",
+)
+
+
+# --- ImageFolder datasets ---------------------------------------------------------------------
+
+
+def _folder_path(path: str | Path, request: LoadRequest) -> Path:
+    """An absolute path as is; a relative one under the data root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else resolve_root(request) / p
+
+
+def _register_folder(info: DatasetInfo, path: str | Path, require_split: bool) -> None:
+    entries = ("train", "test") if require_split else ()
+
+    def check(request: LoadRequest) -> Path:
+        base = _folder_path(path, request)
+        missing = (
+            [base] if not base.is_dir() else [base / e for e in entries if not (base / e).is_dir()]
+        )
+        if missing:
+            layout = "train/CLASS/* and test/CLASS/*" if require_split else "CLASS/* images"
+            where = f"{base}" if Path(path).expanduser().is_absolute() else f"ROOT/{path}"
+            raise _missing_error(
+                info.name,
+                "image",
+                resolve_root(request),
+                missing,
+                f"put {layout} in {where}"
+                + ("" if Path(path).expanduser().is_absolute() else " or set data.root")
+                + " (it cannot be downloaded)",
+            )
+        return base
+
+    def folder(directory: Path) -> tvd.ImageFolder:
+        ds = _construct(info.name, directory, lambda: tvd.ImageFolder(str(directory)))
+        if len(ds.classes) != info.num_classes:
+            raise ValueError(
+                f"{info.name}: {directory} has {len(ds.classes)} class folders but the dataset "
+                f"has {info.num_classes} classes: point it at the folder with one subfolder "
+                "per class"
+            )
+        return ds
+
+    def load(request: LoadRequest) -> tuple[ImageSet, ImageSet | None]:
+        base = check(request)
+        if (base / "train").is_dir() and (base / "test").is_dir():
+            train, test = folder(base / "train"), folder(base / "test")
+            if train.classes != test.classes:
+                raise ValueError(
+                    f"{info.name}: {base / 'train'} and {base / 'test'} have different class "
+                    "folders: give both the same subfolders"
+                )
+            return (
+                TorchvisionImageSet(train, info.size, info.channels),
+                TorchvisionImageSet(test, info.size, info.channels),
+            )
+        return TorchvisionImageSet(folder(base), info.size, info.channels), None
+
+    _register(info, load, check)
+
+
+def register_image_folder(
+    name: str,
+    path: str | Path,
+    *,
+    num_classes: int,
+    size: int,
+    channels: int = 3,
+    mean: tuple[float, ...] = (0.5,) * 3,
+    std: tuple[float, ...] = (0.25,) * 3,
+    description: str = "",
+) -> DatasetInfo:
+    """Register a dataset of images in class folders (torchvision's ImageFolder layout).
+
+    path (relative paths are under the data root) holds train/CLASS/* and test/CLASS/*, used
+    as the official split, or CLASS/* directly, split by build_dataset (seeded, stratified).
+    Images are converted to RGB (L for channels=1), resized on the shorter side and
+    centre-cropped to size x size.
+    """
+    if channels == 1 and mean == (0.5,) * 3 and std == (0.25,) * 3:
+        mean, std = (0.5,), (0.25,)
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"{name}: mean and std need {channels} values, got {mean} and {std}")
+    info = DatasetInfo(
+        name,
+        num_classes,
+        channels,
+        size,
+        tuple(mean),
+        tuple(std),
+        description or f"images in class folders under {path}",
+    )
+    _register_folder(info, path, require_split=False)
+    return info
+
+
+_register_folder(
+    DatasetInfo(
+        "cinic10",
+        10,
+        3,
+        32,
+        (0.4789, 0.4723, 0.4305),
+        (0.2421, 0.2383, 0.2587),
+        "CINIC-10: CIFAR-10 classes from CIFAR and downsampled ImageNet, 32x32 (Darlow et al., "
+        "2018), in ROOT/cinic10/{train,test}/CLASS",
+    ),
+    "cinic10",
+    require_split=True,
+)
+_register_folder(
+    DatasetInfo(
+        "cub200",
+        200,
+        3,
+        224,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        "Caltech-UCSD Birds-200-2011: 5994 train / 5794 test images of 200 species, in "
+        "ROOT/cub200/{train,test}/CLASS",
+    ),
+    "cub200",
+    require_split=True,
+)
