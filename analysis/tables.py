@@ -1,6 +1,6 @@
 """Parquet tables -> pandas DataFrames -> the trade-off table of a study.
 
-The trade-off table has one row per (source, arch, norm, eps) with, over seeds, the mean and
+The trade-off table has one row per (source, arch, norm, attack, eps) with, over seeds, the mean and
 standard deviation of source clean and PGD accuracy, linear transfer accuracy per target and the
 input and weight Fisher traces; below each (source, arch, norm) block come the random-init and
 raw-pixel baselines of every target (PAPER.md section 3).
@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 TABLES = ("trials", "epochs", "transfer", "fisher")
-GROUP = ["source", "arch", "norm", "eps"]
+GROUP = ["source", "arch", "norm", "attack", "eps"]
 
 
 def load_table(results_dir: str | Path, name: str) -> pd.DataFrame:
@@ -64,7 +64,7 @@ def tradeoff_table(results_dir: str | Path) -> pd.DataFrame:
     table["seeds"] = table.pop("clean_n")
 
     rows = [table]
-    for (source, arch, norm), _ in table.groupby(["source", "arch", "norm"]):
+    for (source, arch, norm), _ in table.groupby(["source", "arch", "norm"], dropna=False):
         for kind, label in (("random_init", "random init"), ("raw_pixels", "raw pixels")):
             base = transfer[transfer["kind"] == kind]
             if kind == "random_init":
@@ -76,6 +76,7 @@ def tradeoff_table(results_dir: str | Path) -> pd.DataFrame:
                 "source": source,
                 "arch": arch,
                 "norm": norm,
+                "attack": "",
                 "eps": float("nan"),
             }
             for target, sub in base.groupby("target"):
@@ -86,7 +87,8 @@ def tradeoff_table(results_dir: str | Path) -> pd.DataFrame:
     out = pd.concat(rows, ignore_index=True)
     order = {"trained": 0, "random init": 1, "raw pixels": 2}
     out["_order"] = out["row_kind"].map(order)
-    out = out.sort_values(["source", "arch", "norm", "_order", "eps"]).drop(columns="_order")
+    out = out.sort_values(["source", "arch", "norm", "_order", "attack", "eps"])
+    out = out.drop(columns="_order")
     return out.reset_index(drop=True)
 
 
@@ -104,11 +106,12 @@ def format_tradeoff(table: pd.DataFrame) -> str:
     if table.empty:
         return "(no finished trials yet)"
     metrics = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
-    headers = ["source", "arch", "norm", "eps", *metrics, "seeds"]
+    headers = ["source", "arch", "norm", "attack", "eps", *metrics, "seeds"]
     lines = []
     for _, r in table.iterrows():
         eps = r["row_kind"] if r["row_kind"] != "trained" else f"{r['eps']:g}"
-        cells = [str(r["source"]), str(r["arch"]), str(r["norm"]), eps]
+        attack = "" if pd.isna(r["attack"]) else str(r["attack"])
+        cells = [str(r["source"]), str(r["arch"]), str(r["norm"]), attack, eps]
         for m in metrics:
             digits = 0 if "fisher" in m else 3
             cells.append(_cell(r.get(f"{m}_mean"), r.get(f"{m}_std"), digits))

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from study.spec import SpecError, SweepSpec, load_spec
+from trainables.data import DataMissingError
 
 
 def _print_trials(spec: SweepSpec) -> None:
@@ -110,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except SpecError as exc:
+    except (SpecError, DataMissingError) as exc:
         if args.debug:
             raise
         print(f"study: {exc}", file=sys.stderr)

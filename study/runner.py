@@ -30,6 +30,7 @@ from study.spec import (
     transfer_key,
 )
 from trainables.config import TrainConfig, to_canonical, train_config_from_dict
+from trainables.data import LoadRequest
 from trainables.evals import EvalTask
 
 Printer = Callable[[str], None]
@@ -42,9 +43,26 @@ os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
+def check_data(spec: SweepSpec, load: LoadRequest) -> None:
+    """Every source and target is where the spec says, before anything runs or is written.
+
+    Raises DataMissingError (one line: dataset, folder searched, fix). With download on,
+    torchvision fetches what is missing inside the trials instead.
+    """
+    from trainables.data.vision import check_available
+
+    names = {s.dataset for s in spec.grid.sources} | {
+        t.dataset for t in spec.evaluations.transfer.targets
+    }
+    for name in sorted(names):
+        check_available(name, load)
+
+
 def describe_trial(cfg: TrainConfig) -> str:
     """A readable one-line name of a grid cell."""
-    return f"{cfg.source.id} {cfg.arch.id} {cfg.norm} eps={cfg.eps:g} seed={cfg.seed}"
+    return (
+        f"{cfg.source.id} {cfg.arch.id} {cfg.norm} {cfg.attack.id} eps={cfg.eps:g} seed={cfg.seed}"
+    )
 
 
 def trial_config_row(cfg: TrainConfig, study: str) -> dict[str, Any]:
@@ -59,6 +77,8 @@ def trial_config_row(cfg: TrainConfig, study: str) -> dict[str, Any]:
         "arch_name": cfg.arch.name,
         "width": cfg.arch.width,
         "norm": cfg.norm,
+        "attack": cfg.attack.id,
+        "attack_method": cfg.attack.method,
         "eps": cfg.eps,
         "seed": cfg.seed,
         "epochs": cfg.optim.epochs,
@@ -81,6 +101,7 @@ def trial_identity(cfg: TrainConfig) -> dict[str, Any]:
         "source": cfg.source.id,
         "arch": cfg.arch.id,
         "norm": cfg.norm,
+        "attack": cfg.attack.id,
         "eps": cfg.eps,
         "seed": cfg.seed,
     }
@@ -120,7 +141,9 @@ class Study:
         self.spec = spec
         self.say = printer
         self.results_dir = spec.results_dir()
-        self.data_root = str(Path(spec.data.root).resolve()) if spec.data.root else None
+        root = str(Path(spec.data.root).expanduser().resolve()) if spec.data.root else None
+        self.load = LoadRequest(root=root, download=spec.data.download)
+        check_data(spec, self.load)
         self.parquet = ParquetSink(self.results_dir / "tables")
         self.mlflow = MlflowSink(spec.tracking_uri(), spec.name, self.results_dir / "mlartifacts")
         self.summary = StudySummary()
@@ -178,7 +201,7 @@ class Study:
                 checkpoint=checkpoint,
                 target=target,
                 probe=probe,
-                data_root=self.data_root,
+                load=self.load,
             )
             row = {
                 "eval_key": key,
@@ -205,7 +228,7 @@ class Study:
                     train=cfg,
                     checkpoint=checkpoint,
                     fisher=fisher,
-                    data_root=self.data_root,
+                    load=self.load,
                 )
                 row = {"eval_key": key, "trial_key": cfg.key, **ident}
                 out.append(PendingEval(task, "fisher", row, "fisher", trial_run_id, trial_run_id))
@@ -223,9 +246,7 @@ class Study:
         for target in self.spec.transfer_targets():
             key = raw_pixel_key(target, data, probe)
             if key not in seen and not self.parquet.has("transfer", key):
-                task = EvalTask(
-                    "raw_pixels", key, data, target=target, probe=probe, data_root=self.data_root
-                )
+                task = EvalTask("raw_pixels", key, data, target=target, probe=probe, load=self.load)
                 row = {
                     "eval_key": key,
                     "trial_key": None,
@@ -256,7 +277,7 @@ class Study:
                     train=cfg,
                     target=target,
                     probe=probe,
-                    data_root=self.data_root,
+                    load=self.load,
                 )
                 row = {
                     "eval_key": key,
@@ -498,7 +519,8 @@ class Study:
                     "train": tune.grid_search(
                         [{"trial_key": c.key, "config": to_canonical(asdict(c))} for c in todo]
                     ),
-                    "data_root": self.data_root,
+                    "load": asdict(self.load),
+                    "run_options": asdict(self.spec.training.run_options()),
                 },
                 tune_config=tune.TuneConfig(
                     reuse_actors=True,

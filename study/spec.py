@@ -26,6 +26,7 @@ from trainables.config import (
     FisherConfig,
     OptimConfig,
     ProbeConfig,
+    RunOptions,
     TrainConfig,
     compute_key,
 )
@@ -167,6 +168,7 @@ class GridSpec(StrictModel):
     norms: list[Literal["l2", "linf"]] = Field(min_length=1)
     eps: list[float] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
+    attacks: list[AttackSpec] | None = Field(None, min_length=1)
 
     @field_validator("eps", mode="before")
     @classmethod
@@ -212,14 +214,32 @@ class GridSpec(StrictModel):
 
 
 class AttackSpec(StrictModel):
-    """PGD: steps, step size (default 2.5 * eps / steps), random start."""
+    """How adversarial examples are made: pgd (steps, restarts), fgsm_rs, or free (replays).
 
+    step_size defaults to 2.5 * eps / steps for pgd, 1.25 * eps for fgsm_rs and eps for free.
+    """
+
+    method: Literal["pgd", "fgsm_rs", "free"] = "pgd"
     steps: int = Field(7, ge=0, le=1000)
     step_size: float | None = Field(None, gt=0)
     random_start: bool = True
+    restarts: int = Field(1, ge=1, le=100)
+    replays: int = Field(4, ge=1, le=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: Any) -> Any:
+        return {"method": data} if isinstance(data, str) else data
 
     def to_config(self) -> AttackConfig:
-        return AttackConfig(self.steps, self.step_size, self.random_start)
+        return AttackConfig(
+            method=self.method,
+            steps=self.steps,
+            step_size=self.step_size,
+            random_start=self.random_start,
+            restarts=self.restarts,
+            replays=self.replays,
+        )
 
 
 class TrainingSpec(StrictModel):
@@ -234,8 +254,28 @@ class TrainingSpec(StrictModel):
     schedule: Literal["constant", "step", "cosine"] = "cosine"
     step_every: int = Field(50, ge=1)
     step_gamma: float = Field(0.1, gt=0, le=1)
+    augment: Literal["none", "flip", "crop_flip", "resized_crop_flip"] = "none"
+    crop_padding: int = Field(4, ge=0)
     attack: AttackSpec = AttackSpec()
     eval_attack: AttackSpec = AttackSpec(steps=20)
+    deterministic: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: Literal["auto", "true", "false"] = "auto"
+
+    @field_validator("eval_attack")
+    @classmethod
+    def _eval_attack_is_an_attack(cls, v: AttackSpec) -> AttackSpec:
+        if v.method == "free":
+            raise spec_error(
+                "eval_attack",
+                "free is a training method, not an evaluation attack: use pgd",
+                field="method",
+                value=v.method,
+            )
+        return v
+
+    def run_options(self) -> RunOptions:
+        return RunOptions(precision=self.precision, channels_last=self.channels_last)
 
     def to_config(self) -> OptimConfig:
         return OptimConfig(
@@ -248,18 +288,32 @@ class TrainingSpec(StrictModel):
             schedule=self.schedule,
             step_every=self.step_every,
             step_gamma=self.step_gamma,
+            augment=self.augment,
+            crop_padding=self.crop_padding,
         )
 
 
 class DataSpec(StrictModel):
-    """Where datasets live and how each is split into train and test."""
+    """Where datasets live, whether torchvision may download them, and how they are split.
+
+    The official test split is used where a dataset has one, test_fraction otherwise;
+    max_per_class and max_test_per_class keep a seeded subsample of each class.
+    """
 
     root: str | None = None
+    download: bool = False
     test_fraction: float = Field(0.3, gt=0, lt=1)
     split_seed: int = Field(0, ge=0)
+    max_per_class: int | None = Field(None, ge=1)
+    max_test_per_class: int | None = Field(None, ge=1)
 
     def to_config(self) -> DataConfig:
-        return DataConfig(self.test_fraction, self.split_seed)
+        return DataConfig(
+            test_fraction=self.test_fraction,
+            split_seed=self.split_seed,
+            max_per_class=self.max_per_class,
+            max_test_per_class=self.max_test_per_class,
+        )
 
 
 class TransferSpec(StrictModel):
@@ -363,7 +417,7 @@ class SweepSpec(StrictModel):
         """One TrainConfig per grid cell, in the order source, arch, norm, eps, seed."""
         g = self.grid
         optim = self.training.to_config()
-        attack = self.training.attack.to_config()
+        attacks = [a.to_config() for a in (g.attacks or [self.training.attack])]
         eval_attack = self.training.eval_attack.to_config()
         data = self.data.to_config()
         return [
@@ -377,9 +431,10 @@ class SweepSpec(StrictModel):
                 attack=attack,
                 eval_attack=eval_attack,
                 data=data,
+                deterministic=self.training.deterministic,
             )
-            for src, arch, norm, eps, seed in itertools.product(
-                g.sources, g.archs, g.norms, g.eps, g.seeds
+            for src, arch, norm, attack, eps, seed in itertools.product(
+                g.sources, g.archs, g.norms, attacks, g.eps, g.seeds
             )
         ]
 

@@ -34,10 +34,16 @@ class DatasetRef:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """How a dataset is split and where it lives (root is a location, not part of the key)."""
+    """How a dataset is split and subsampled (its location is not part of the key).
+
+    The official test split is used where a dataset has one; test_fraction applies otherwise.
+    max_per_class and max_test_per_class cap the items of each class (seeded by split_seed).
+    """
 
     test_fraction: float = 0.3
     split_seed: int = 0
+    max_per_class: int | None = None
+    max_test_per_class: int | None = None
 
 
 @dataclass(frozen=True)
@@ -52,19 +58,44 @@ class ArchRef:
         return self.name if self.width == 1.0 else f"{self.name}-w{self.width:g}"
 
 
+ATTACK_METHODS = ("pgd", "fgsm_rs", "free")
+
+
 @dataclass(frozen=True)
 class AttackConfig:
-    """PGD settings: steps and step size; step_size None means 2.5 * eps / steps (Madry et al.)."""
+    """How adversarial examples are made (PAPER.md section 2).
 
+    method pgd: PGD-steps with a random start and `restarts` restarts, step 2.5 * eps / steps by
+    default (Madry et al.); fgsm_rs: one step from a random start, 1.25 * eps by default (Wong
+    et al. 2020); free: "free" adversarial training, each minibatch replayed `replays` times with
+    a perturbation carried across replays and minibatches, step eps by default (Shafahi et al.).
+    """
+
+    method: str = "pgd"
     steps: int = 7
     step_size: float | None = None
     random_start: bool = True
+    restarts: int = 1
+    replays: int = 4
 
     def alpha(self, eps: float) -> float:
         """The step size in pixel units for a given eps."""
         if self.step_size is not None:
             return self.step_size
+        if self.method == "fgsm_rs":
+            return 1.25 * eps
+        if self.method == "free":
+            return eps
         return 2.5 * eps / max(self.steps, 1)
+
+    @property
+    def id(self) -> str:
+        """A short name: pgd7, pgd20x5 (restarts), fgsm_rs, free4."""
+        if self.method == "pgd":
+            return f"pgd{self.steps}" + (f"x{self.restarts}" if self.restarts > 1 else "")
+        if self.method == "free":
+            return f"free{self.replays}"
+        return self.method
 
 
 @dataclass(frozen=True)
@@ -80,6 +111,8 @@ class OptimConfig:
     schedule: str = "cosine"
     step_every: int = 50
     step_gamma: float = 0.1
+    augment: str = "none"
+    crop_padding: int = 4
 
 
 @dataclass(frozen=True)
@@ -95,10 +128,23 @@ class TrainConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     eval_attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=20))
     data: DataConfig = field(default_factory=DataConfig)
+    deterministic: bool = False
 
     @property
     def key(self) -> str:
         return compute_key("train", self)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a trial runs on its device; not part of its key (results agree up to rounding).
+
+    precision auto: bf16 autocast on CUDA, fp32 on the CPU (bf16 on a CPU is many times slower);
+    channels_last auto: on for CUDA convolution nets, off on the CPU.
+    """
+
+    precision: str = "auto"
+    channels_last: str = "auto"
 
 
 @dataclass(frozen=True)

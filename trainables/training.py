@@ -1,30 +1,35 @@
 """Adversarial training of one network (Madry et al.; PAPER.md section 2), one trial.
 
-min over weights of E[max over ||delta|| <= eps of loss(f(x + delta), y)], the inner max by PGD.
-The loop reports once per epoch through a Reporter: train loss and accuracy on the adversarial
-batches, clean and PGD test accuracy, and a checkpoint. Every random stream (init, shuffling,
-attack starts) is seeded from (seed, epoch), so a run resumed from a checkpoint continues as if
-it had never stopped.
+min over weights of E[max over ||delta|| <= eps of loss(f(x + delta), y)], the inner max by PGD,
+FGSM with a random start, or "free" replays. The loop reports once per epoch through a
+Reporter: train loss and accuracy on the adversarial batches, clean and robust test accuracy,
+and a checkpoint. Every random stream (init, shuffling, augmentation, attack starts) is seeded
+from (seed, epoch), so a run resumed from a checkpoint continues as if it had never stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainables.attacks import pgd
+from trainables.attacks import clip_to_box, get_threat_model, pgd
 from trainables.checkpoint import load_checkpoint, save_checkpoint
-from trainables.config import AttackConfig, OptimConfig, TrainConfig, to_canonical
-from trainables.data import Splits
+from trainables.config import AttackConfig, OptimConfig, RunOptions, TrainConfig, to_canonical
+from trainables.data import ImageSet, Splits, augment_batch, random_resized_crop_batch
 from trainables.models import Classifier, ModelInput, build_model
+
+AUGMENTATIONS = ("none", "flip", "crop_flip", "resized_crop_flip")
 
 
 class Reporter(Protocol):
@@ -83,41 +88,120 @@ def attack_batch(
     attack: AttackConfig,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """PGD with the config's steps and step size (2.5 * eps / steps by default)."""
+    """Adversarial examples by PGD (with restarts) or FGSM-RS; free AT is a training loop."""
+    if attack.method == "fgsm_rs":
+        steps, random_start, restarts = 1, True, 1
+    elif attack.method in ("pgd", "free"):
+        # Evaluating a free-trained model still uses PGD with the configured steps.
+        steps, random_start, restarts = attack.steps, attack.random_start, attack.restarts
+    else:
+        raise ValueError(f"unknown attack method {attack.method!r}: choose pgd, fgsm_rs, free")
     return pgd(
         model,
         x,
         y,
         norm=norm,
         eps=eps,
-        steps=attack.steps,
+        steps=steps,
         step_size=attack.alpha(eps),
-        random_start=attack.random_start,
+        random_start=random_start,
+        restarts=restarts,
         generator=generator,
     )
 
 
+class DeviceSetup:
+    """Precision and memory format for the device (bf16 and channels_last only on CUDA)."""
+
+    def __init__(self, device: torch.device, options: RunOptions) -> None:
+        cuda = device.type == "cuda"
+        if options.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"unknown precision {options.precision!r}: choose auto, fp32, bf16")
+        # bf16 on a CPU is 30-100x slower than fp32 here: never on the CPU.
+        self.bf16 = cuda and options.precision in ("auto", "bf16")
+        self.channels_last = cuda and options.channels_last in ("auto", "true")
+        self.device = device
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.bf16:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def prepare_batch(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def iterate_minibatches(
+    images: ImageSet, batch_size: int, order: np.ndarray, setup: DeviceSetup
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) on the device, in the given order."""
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        x = setup.prepare_batch(images.get_batch(idx))
+        yield x, torch.from_numpy(images.targets[idx]).to(setup.device)
+
+
 def compute_accuracy(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    images: ImageSet,
     *,
     norm: str,
     eps: float,
     attack: AttackConfig | None,
     batch_size: int,
+    setup: DeviceSetup,
     generator: torch.Generator | None = None,
 ) -> float:
-    """Top-1 accuracy in eval mode, on clean inputs (attack None) or under PGD."""
+    """Top-1 accuracy in eval mode, on clean inputs (attack None) or under the attack."""
     model.eval()
     correct = 0
-    for start in range(0, len(x), batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        if attack is not None:
-            xb = attack_batch(model, xb, yb, norm, eps, attack, generator)
-        with torch.no_grad():
-            correct += int((model(xb).argmax(1) == yb).sum())
-    return correct / max(len(x), 1)
+    for xb, yb in iterate_minibatches(images, batch_size, np.arange(len(images)), setup):
+        with setup.autocast():
+            if attack is not None:
+                xb = attack_batch(model, xb, yb, norm, eps, attack, generator)
+            with torch.no_grad():
+                correct += int((model(xb).argmax(1) == yb).sum())
+    return correct / max(len(images), 1)
+
+
+def augment(x: torch.Tensor, cfg: OptimConfig, generator: torch.Generator) -> torch.Tensor:
+    """The configured tensor augmentation (none, flip, crop_flip, resized_crop_flip)."""
+    if cfg.augment == "none":
+        return x
+    if cfg.augment == "flip":
+        return augment_batch(x, generator, crop_padding=0, flip=True)
+    if cfg.augment == "crop_flip":
+        return augment_batch(x, generator, crop_padding=cfg.crop_padding, flip=True)
+    if cfg.augment == "resized_crop_flip":
+        return augment_batch(
+            random_resized_crop_batch(x, generator), generator, crop_padding=0, flip=True
+        )
+    raise ValueError(f"unknown augment {cfg.augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """Deterministic kernels on request; cuDNN autotuning otherwise (CUDA only)."""
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+
+
+class FreeState:
+    """The perturbation that free adversarial training carries across replays and minibatches."""
+
+    def __init__(self) -> None:
+        self.delta: torch.Tensor | None = None
+
+    def for_batch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.delta is None or self.delta.shape[1:] != x.shape[1:] or len(self.delta) < len(x):
+            self.delta = torch.zeros_like(x)
+        return self.delta[: len(x)]
 
 
 def run_training(
@@ -128,44 +212,68 @@ def run_training(
     device: torch.device | str = "cpu",
     resume_from: Path | None = None,
     workdir: Path | None = None,
+    options: RunOptions | None = None,
 ) -> Classifier:
     """Adversarially train cfg's network on splits, reporting and checkpointing every epoch.
 
     resume_from is a checkpoint directory of this same trial; training continues after its epoch.
     """
     device = torch.device(device)
-    model = build_model_for(cfg, splits).to(device)
+    setup = DeviceSetup(device, options or RunOptions())
+    set_determinism(cfg.deterministic, device)
+    model = build_model_for(cfg, splits)
+    model = setup.prepare_model(model)
     optimizer = build_optimizer(model, cfg.optim)
     start_epoch = 0
     if resume_from is not None:
         manifest = load_checkpoint(Path(resume_from), model, optimizer)
         start_epoch = int(manifest["epoch"]) + 1
-    x_train, y_train = splits.x_train.to(device), splits.y_train.to(device)
-    x_test, y_test = splits.x_test.to(device), splits.y_test.to(device)
     batch = cfg.optim.batch_size
-    steps_per_epoch = max(1, math.ceil(len(x_train) / batch))
+    n_train = len(splits.train)
+    steps_per_epoch = max(1, math.ceil(n_train / batch))
     config_json = to_canonical(asdict(cfg))
+    threat = get_threat_model(cfg.norm)
+    free = FreeState()
 
     for epoch in range(start_epoch, cfg.optim.epochs):
         t0 = time.perf_counter()
-        order = torch.randperm(
-            len(x_train), generator=seeded_generator(cfg.seed, 0, epoch, torch.device("cpu"))
-        )
+        cpu_gen = seeded_generator(cfg.seed, 0, epoch, torch.device("cpu"))
+        order = torch.randperm(n_train, generator=cpu_gen).numpy()
+        aug_gen = seeded_generator(cfg.seed, 3, epoch, torch.device("cpu"))
         attack_gen = seeded_generator(cfg.seed, 1, epoch, device)
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        for step in range(steps_per_epoch):
-            idx = order[step * batch : (step + 1) * batch].to(device)
-            xb, yb = x_train[idx], y_train[idx]
-            if cfg.eps > 0:
-                xb = attack_batch(model, xb, yb, cfg.norm, cfg.eps, cfg.attack, attack_gen)
+        for step, (xb, yb) in enumerate(iterate_minibatches(splits.train, batch, order, setup)):
+            xb = augment(xb, cfg.optim, aug_gen)
             for group in optimizer.param_groups:
                 group["lr"] = compute_lr(cfg.optim, epoch, step, steps_per_epoch)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if cfg.attack.method == "free" and cfg.eps > 0:
+                # Free AT (Shafahi et al. 2019): one backward pass gives both the weight update
+                # and the perturbation's ascent step, replayed on the same minibatch.
+                delta = free.for_batch(xb)
+                for _ in range(cfg.attack.replays):
+                    delta = delta.detach().requires_grad_(True)
+                    with setup.autocast():
+                        logits = model(xb + delta)
+                        loss = F.cross_entropy(logits, yb)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    with torch.no_grad():
+                        delta = threat.project(
+                            threat.step(delta, delta.grad, cfg.attack.alpha(cfg.eps)), cfg.eps
+                        )
+                        delta = clip_to_box(xb, delta)
+                free.delta[: len(xb)] = delta.detach()  # type: ignore[index]
+            else:
+                with setup.autocast():
+                    if cfg.eps > 0:
+                        xb = attack_batch(model, xb, yb, cfg.norm, cfg.eps, cfg.attack, attack_gen)
+                    logits = model(xb)
+                    loss = F.cross_entropy(logits, yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
             loss_sum += float(loss.detach()) * len(yb)
             correct += int((logits.detach().argmax(1) == yb).sum())
             seen += len(yb)
@@ -176,20 +284,27 @@ def run_training(
             "train/loss": loss_sum / max(seen, 1),
             "train/acc": correct / max(seen, 1),
             "test/acc_clean": compute_accuracy(
-                model, x_test, y_test, norm=cfg.norm, eps=cfg.eps, attack=None, batch_size=512
+                model,
+                splits.test,
+                norm=cfg.norm,
+                eps=cfg.eps,
+                attack=None,
+                batch_size=512,
+                setup=setup,
             ),
             "test/acc_pgd": compute_accuracy(
                 model,
-                x_test,
-                y_test,
+                splits.test,
                 norm=cfg.norm,
                 eps=cfg.eps,
                 attack=cfg.eval_attack,
                 batch_size=512,
+                setup=setup,
                 generator=eval_gen,
             ),
             "time/train_s": train_time,
             "time/epoch_s": time.perf_counter() - t0,
+            "throughput/train_img_s": seen / max(train_time, 1e-9),
         }
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
             ckpt = save_checkpoint(

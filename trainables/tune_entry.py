@@ -15,8 +15,8 @@ import ray
 import torch
 from ray import tune
 
-from trainables.config import train_config_from_dict
-from trainables.data import build_dataset
+from trainables.config import RunOptions, train_config_from_dict
+from trainables.data import LoadRequest, build_dataset
 from trainables.evals import EvalTask, run_evaluation
 from trainables.training import run_training
 
@@ -45,13 +45,22 @@ def train_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: train one grid cell, resuming from Tune's checkpoint if any."""
     device = configure_worker()
     cfg = train_config_from_dict(config["train"]["config"])
-    splits = build_dataset(cfg.source, cfg.data, config.get("data_root"))
+    load = LoadRequest(**config.get("load", {}))
+    options = RunOptions(**config.get("run_options", {}))
+    splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        run_training(cfg, splits, TuneReporter(), device=device)
+        run_training(cfg, splits, TuneReporter(), device=device, options=options)
         return
     with checkpoint.as_directory() as resume_dir:
-        run_training(cfg, splits, TuneReporter(), device=device, resume_from=Path(resume_dir))
+        run_training(
+            cfg,
+            splits,
+            TuneReporter(),
+            device=device,
+            resume_from=Path(resume_dir),
+            options=options,
+        )
 
 
 def run_eval_task(task: EvalTask) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _TRIAL_CONFIG = [
     pa.field("trial_key", pa.string(), nullable=False),
@@ -31,6 +31,8 @@ _TRIAL_CONFIG = [
     pa.field("arch_name", pa.string()),
     pa.field("width", pa.float64()),
     pa.field("norm", pa.string()),
+    pa.field("attack", pa.string()),
+    pa.field("attack_method", pa.string()),
     pa.field("eps", pa.float64()),
     pa.field("seed", pa.int64()),
     pa.field("epochs", pa.int64()),
@@ -80,6 +82,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("source", pa.string()),
             pa.field("arch", pa.string()),
             pa.field("norm", pa.string()),
+            pa.field("attack", pa.string()),
             pa.field("eps", pa.float64()),
             pa.field("seed", pa.int64()),
             pa.field("target", pa.string()),
@@ -101,6 +104,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("source", pa.string()),
             pa.field("arch", pa.string()),
             pa.field("norm", pa.string()),
+            pa.field("attack", pa.string()),
             pa.field("eps", pa.float64()),
             pa.field("seed", pa.int64()),
             pa.field("n_samples", pa.int64()),
@@ -153,13 +157,22 @@ def write_part_atomically(folder: Path, table: pa.Table) -> Path:
     return folder / name
 
 
+def conform(part: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A part in the current schema: columns an older schema version lacks are filled with nulls."""
+    columns = [
+        part.column(f.name) if f.name in part.column_names else pa.nulls(part.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def read_table(folder: Path, table: str) -> pa.Table:
-    """All completed parts of a table, cast to its current schema (an empty table if none)."""
+    """All completed parts of a table, in its current schema (an empty table if none)."""
     schema = schema_with_metadata(table)
-    parts = [pq.read_table(p) for p in part_files(folder)]
+    parts = [conform(pq.read_table(p), schema) for p in part_files(folder)]
     if not parts:
         return schema.empty_table()
-    return pa.concat_tables([p.select(schema.names).cast(schema) for p in parts])
+    return pa.concat_tables(parts)
 
 
 class ParquetSink:

@@ -107,8 +107,8 @@ def test_report_prints_the_tradeoff_table(smoke) -> None:  # type: ignore[no-unt
     out = run_study("report", str(results), cwd=results)
     assert out.returncode == 0
     lines = out.stdout.splitlines()
-    assert lines[0].split()[:4] == ["source", "arch", "norm", "eps"]
-    assert any(line.split()[3] == "0.5" for line in lines[2:])
+    assert lines[0].split()[:5] == ["source", "arch", "norm", "attack", "eps"]
+    assert any(line.split()[4] == "0.5" for line in lines[2:])
 
 
 def test_report_on_a_folder_without_tables_exits_2(tmp_path: Path) -> None:

@@ -186,3 +186,18 @@ def test_validate_prints_each_trial_with_its_key(
         assert cfg.key in out
     assert "8 trials" in out
     assert not (tmp_path / "results").exists()
+
+
+def test_missing_data_fails_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], untouchable: None
+) -> None:
+    raw = base_spec(tmp_path)
+    raw["grid"]["sources"] = [{"dataset": "cifar10", "classes": [0, 1]}]
+    raw["data"] = {"root": str(tmp_path / "empty")}
+    path = write(tmp_path, raw)
+    code, out, err = run_cli(["run", str(path)], capsys)
+    assert code == 2 and out == ""
+    line = err.strip()
+    assert len(line.splitlines()) == 1
+    assert "cifar10" in line and str(tmp_path / "empty") in line and "download" in line
+    assert not (tmp_path / "results").exists()

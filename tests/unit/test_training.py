@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.conftest import ListReporter
 from trainables.checkpoint import CheckpointError, load_checkpoint, read_manifest
-from trainables.config import ArchRef, DataConfig, DatasetRef, OptimConfig, TrainConfig
+from trainables.config import (
+    ArchRef,
+    AttackConfig,
+    DataConfig,
+    DatasetRef,
+    OptimConfig,
+    RunOptions,
+    TrainConfig,
+)
 from trainables.data import Splits, build_dataset
 from trainables.evals import build_untrained_model, load_trained_model
-from trainables.training import compute_lr, run_training
+from trainables.training import DeviceSetup, compute_lr, run_training
 
 pytestmark = pytest.mark.unit
 
 
 def tiny_splits() -> Splits:
-    s = build_dataset(DatasetRef("digits", (0, 1, 2)), DataConfig())
-    return Splits(
-        s.x_train[:96], s.y_train[:96], s.x_test[:64], s.y_test[:64], s.num_classes, s.info
+    return build_dataset(
+        DatasetRef("digits", (0, 1, 2)), DataConfig(max_per_class=32, max_test_per_class=20)
     )
 
 
@@ -125,3 +134,74 @@ def test_cosine_schedule_starts_at_lr_and_decays_to_zero() -> None:
     assert compute_lr(step, 3, 0, 5) == pytest.approx(0.1) and compute_lr(
         step, 4, 0, 5
     ) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        AttackConfig(method="fgsm_rs"),
+        AttackConfig(method="free", replays=3),
+        AttackConfig(method="pgd", steps=3, restarts=2),
+    ],
+    ids=["fgsm_rs", "free", "pgd_restarts"],
+)
+def test_every_training_method_trains_and_reports(attack: AttackConfig) -> None:
+    cfg = TrainConfig(
+        source=DatasetRef("digits", (0, 1, 2)),
+        arch=ArchRef("small_cnn", 0.5),
+        norm="linf",
+        eps=0.05,
+        seed=0,
+        optim=OptimConfig(epochs=3, batch_size=32, optimizer="adam", lr=5e-3),
+        attack=attack,
+    )
+    splits = build_dataset(cfg.source, DataConfig(max_per_class=100, max_test_per_class=30))
+    rep = ListReporter()
+    run_training(cfg, splits, rep)
+    assert len(rep.metrics) == 3
+    # Learning happens under every method: the loss falls from chance level (ln 3).
+    assert rep.metrics[-1]["train/loss"] < 1.0
+    assert rep.metrics[-1]["test/acc_clean"] > 0.6
+
+
+def test_free_training_takes_replays_optimizer_steps_per_minibatch() -> None:
+    cfg = TrainConfig(
+        source=DatasetRef("digits", (0, 1, 2)),
+        arch=ArchRef("small_cnn", 0.5),
+        norm="l2",
+        eps=0.3,
+        seed=0,
+        optim=OptimConfig(epochs=1, batch_size=32, optimizer="adam", lr=1e-3),
+        attack=AttackConfig(method="free", replays=3),
+    )
+    rep = ListReporter(Path(tempfile.mkdtemp()))
+    run_training(cfg, tiny_splits(), rep)
+    opt = load_file(str(rep.checkpoints[-1] / "optimizer.safetensors"))
+    steps = {float(v) for k, v in opt.items() if k.endswith(".step")}
+    batches = -(-len(tiny_splits().train) // 32)
+    assert steps == {3.0 * batches}
+
+
+def test_cpu_never_uses_bf16_or_channels_last() -> None:
+    setup = DeviceSetup(torch.device("cpu"), RunOptions(precision="bf16", channels_last="true"))
+    assert not setup.bf16 and not setup.channels_last
+
+
+def test_deterministic_mode_reproduces_a_run_bit_for_bit() -> None:
+    cfg = tiny_config(epochs=1)
+    cfg = TrainConfig(**{**cfg.__dict__, "deterministic": True})
+    a = run_training(cfg, tiny_splits(), ListReporter())
+    b = run_training(cfg, tiny_splits(), ListReporter())
+    torch.use_deterministic_algorithms(False)
+    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_uses_bf16_autocast_and_channels_last() -> None:
+    setup = DeviceSetup(torch.device("cuda"), RunOptions())
+    assert setup.bf16 and setup.channels_last
+    rep = ListReporter()
+    run_training(tiny_config(epochs=1), tiny_splits(), rep, device="cuda")
+    assert rep.metrics[0]["test/acc_clean"] > 0

@@ -44,7 +44,6 @@ from trainables.data import (
 from trainables.data.vision import (
     TorchvisionImageSet,
     check_available,
-    check_dataset_available,
     register_image_folder,
     resolve_root,
 )
@@ -403,11 +402,11 @@ def test_partial_cifar_names_the_missing_files(tmp_path: Path) -> None:
     write_cifar10(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
     with pytest.raises(DataMissingError, match=r"data_batch_3\): set data.root"):
-        check_dataset_available("cifar10", LoadRequest(root=str(tmp_path)))
+        check_available("cifar10", LoadRequest(root=str(tmp_path)))
 
 
 def test_digits_needs_no_files_and_unknown_names_are_refused(tmp_path: Path) -> None:
-    check_dataset_available("digits", LoadRequest(root=str(tmp_path / "nothing")))
+    check_available("digits", LoadRequest(root=str(tmp_path / "nothing")))
     with pytest.raises(KeyError, match="choose one of"):
         check_available("cifar1000", LoadRequest())
 

@@ -54,7 +54,6 @@ __all__ = [
     "FASHION_MNIST_DEBIAN_DIR",
     "TorchvisionImageSet",
     "check_available",
-    "check_dataset_available",
     "dataset_targets",
     "register_image_folder",
     "resolve_root",
@@ -144,7 +143,7 @@ class _Files:
         return root
 
 
-def check_dataset_available(name: str, request: LoadRequest) -> None:
+def check_available(name: str, request: LoadRequest) -> None:
     """Cheap existence checks (nothing decoded): DataMissingError when a dataset is not there.
 
     Meant for the driver, before any trial starts. digits ships with scikit-learn and needs
@@ -156,11 +155,6 @@ def check_dataset_available(name: str, request: LoadRequest) -> None:
     check = _CHECKS.get(name)
     if check is not None:
         check(request)
-
-
-def check_available(name: str, request: LoadRequest) -> None:
-    """DataMissingError (one line: dataset, folders searched, fix) if name's files are absent."""
-    check_dataset_available(name, request)
 
 
 def _construct(name: str, root: Path, factory: Callable[[], T]) -> T:

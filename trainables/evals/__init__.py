@@ -8,15 +8,16 @@ Each returns a flat dict of results; the study layer adds keys and writes them.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from trainables.checkpoint import load_checkpoint
 from trainables.config import DataConfig, DatasetRef, FisherConfig, ProbeConfig, TrainConfig
-from trainables.data import build_dataset, get_dataset_info
+from trainables.data import DEFAULT_LOAD, LoadRequest, build_dataset, get_dataset_info
 from trainables.evals.fisher import compute_input_fisher, compute_weight_fisher
 from trainables.evals.transfer import ProbeResult, run_raw_pixel_probe, run_transfer
 from trainables.models import Classifier, ModelInput, build_model
@@ -33,6 +34,12 @@ def build_untrained_model(cfg: TrainConfig) -> Classifier:
     torch.manual_seed(cfg.seed)
     inputs = ModelInput(info.channels, info.size, info.mean, info.std)
     return build_model(cfg.arch, inputs, source_num_classes(cfg.source))
+
+
+def source_format(cfg: TrainConfig) -> tuple[int, int]:
+    """(channels, size) of the images the trial's network was trained on."""
+    info = get_dataset_info(cfg.source.name)
+    return info.channels, info.size
 
 
 def load_trained_model(
@@ -62,35 +69,43 @@ def evaluate_transfer(
     target: DatasetRef,
     data: DataConfig,
     probe: ProbeConfig,
-    root: str | None = None,
+    load: LoadRequest = DEFAULT_LOAD,
 ) -> dict[str, Any]:
     """Linear transfer of a trained network to one target."""
     model = load_trained_model(cfg, checkpoint_dir)
-    return _probe_row(run_transfer(model, build_dataset(target, data, root), probe, cfg.seed))
+    splits = build_dataset(target, data, load.root, load.download)
+    return _probe_row(run_transfer(model, splits, probe, cfg.seed, source_format(cfg)))
 
 
 def evaluate_random_init(
-    cfg: TrainConfig, target: DatasetRef, probe: ProbeConfig, root: str | None = None
+    cfg: TrainConfig, target: DatasetRef, probe: ProbeConfig, load: LoadRequest = DEFAULT_LOAD
 ) -> dict[str, Any]:
     """The random-init baseline: the same probe on an untrained network of cfg's architecture."""
     model = build_untrained_model(cfg)
-    return _probe_row(run_transfer(model, build_dataset(target, cfg.data, root), probe, cfg.seed))
+    splits = build_dataset(target, cfg.data, load.root, load.download)
+    return _probe_row(run_transfer(model, splits, probe, cfg.seed, source_format(cfg)))
 
 
 def evaluate_raw_pixels(
-    target: DatasetRef, data: DataConfig, probe: ProbeConfig, root: str | None = None
+    target: DatasetRef, data: DataConfig, probe: ProbeConfig, load: LoadRequest = DEFAULT_LOAD
 ) -> dict[str, Any]:
     """The raw-pixel baseline of one target."""
-    return _probe_row(run_raw_pixel_probe(build_dataset(target, data, root), probe))
+    splits = build_dataset(target, data, load.root, load.download)
+    return _probe_row(run_raw_pixel_probe(splits, probe))
 
 
 def evaluate_fisher(
-    cfg: TrainConfig, checkpoint_dir: Path | str, fisher: FisherConfig, root: str | None = None
+    cfg: TrainConfig,
+    checkpoint_dir: Path | str,
+    fisher: FisherConfig,
+    load: LoadRequest = DEFAULT_LOAD,
 ) -> dict[str, Any]:
     """Input and weight Fisher traces on the first num_samples source test images."""
     model = load_trained_model(cfg, checkpoint_dir)
-    splits = build_dataset(cfg.source, cfg.data, root)
-    x, y = splits.x_test[: fisher.num_samples], splits.y_test[: fisher.num_samples]
+    splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
+    n = min(fisher.num_samples, len(splits.test))
+    x = splits.test.get_batch(np.arange(n))
+    y = torch.from_numpy(splits.test.targets[:n])
     gen = torch.Generator().manual_seed(fisher.seed)
     inp = compute_input_fisher(
         model,
@@ -130,7 +145,7 @@ class EvalTask:
     target: DatasetRef | None = None
     probe: ProbeConfig | None = None
     fisher: FisherConfig | None = None
-    data_root: str | None = None
+    load: LoadRequest = field(default_factory=LoadRequest)
 
 
 def run_evaluation(task: EvalTask) -> dict[str, Any]:
@@ -139,17 +154,17 @@ def run_evaluation(task: EvalTask) -> dict[str, Any]:
     if task.kind == "transfer":
         assert task.train and task.checkpoint and task.target and task.probe
         result = evaluate_transfer(
-            task.train, task.checkpoint, task.target, task.data, task.probe, task.data_root
+            task.train, task.checkpoint, task.target, task.data, task.probe, task.load
         )
     elif task.kind == "random_init":
         assert task.train and task.target and task.probe
-        result = evaluate_random_init(task.train, task.target, task.probe, task.data_root)
+        result = evaluate_random_init(task.train, task.target, task.probe, task.load)
     elif task.kind == "raw_pixels":
         assert task.target and task.probe
-        result = evaluate_raw_pixels(task.target, task.data, task.probe, task.data_root)
+        result = evaluate_raw_pixels(task.target, task.data, task.probe, task.load)
     elif task.kind == "fisher":
         assert task.train and task.checkpoint and task.fisher
-        result = evaluate_fisher(task.train, task.checkpoint, task.fisher, task.data_root)
+        result = evaluate_fisher(task.train, task.checkpoint, task.fisher, task.load)
     else:
         raise ValueError(f"unknown evaluation kind {task.kind!r}: choose one of {EVAL_KINDS}")
     result["wall_time_s"] = time.perf_counter() - t0

@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from trainables.config import ProbeConfig
-from trainables.data import Splits, split_stratified
+from trainables.data import ImageSet, Splits, adapt_images, iterate_batches, split_stratified
 
 
 @dataclass(frozen=True)
@@ -34,14 +34,33 @@ class ProbeResult:
     feature_dim: int
 
 
-def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Penultimate features of x in eval mode, without gradients, on the model's device."""
+def extract_features(
+    model: nn.Module,
+    images: ImageSet | torch.Tensor,
+    input_format: tuple[int, int] | None = None,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Penultimate features in eval mode, without gradients, on the model's device.
+
+    With input_format = (channels, size) of the model's source data, images that differ (a grey
+    target for an RGB source, 8 px digits for a 28 px source) are adapted first.
+    """
     model.eval()
     device = next(model.parameters()).device
+    fmt = input_format
+    n = len(images)
     chunks = []
     with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            chunks.append(model.features(x[start : start + batch_size].to(device)).cpu())
+        for start in range(0, n, batch_size):
+            idx = np.arange(start, min(start + batch_size, n))
+            x = (
+                images[start : start + batch_size]
+                if torch.is_tensor(images)
+                else images.get_batch(idx)
+            )
+            if fmt is not None:
+                x = adapt_images(x, *fmt)
+            chunks.append(model.features(x.to(device)).float().cpu())
     return torch.cat(chunks)
 
 
@@ -82,20 +101,23 @@ def fit_probe(
     )
 
 
-def run_transfer(model: nn.Module, target: Splits, cfg: ProbeConfig, seed: int = 0) -> ProbeResult:
+def run_transfer(
+    model: nn.Module,
+    target: Splits,
+    cfg: ProbeConfig,
+    seed: int = 0,
+    input_format: tuple[int, int] | None = None,
+) -> ProbeResult:
     """Linear transfer of a frozen model's penultimate features to a target dataset."""
-    f_train = extract_features(model, target.x_train).numpy()
-    f_test = extract_features(model, target.x_test).numpy()
+    f_train = extract_features(model, target.train, input_format).numpy()
+    f_test = extract_features(model, target.test, input_format).numpy()
     return fit_probe(f_train, target.y_train.numpy(), f_test, target.y_test.numpy(), cfg, seed)
 
 
 def run_raw_pixel_probe(target: Splits, cfg: ProbeConfig, seed: int = 0) -> ProbeResult:
     """The raw-pixel baseline: the same probe on flattened input pixels."""
+    f_train = torch.cat([x.flatten(1) for x, _ in iterate_batches(target.train, 512)])
+    f_test = torch.cat([x.flatten(1) for x, _ in iterate_batches(target.test, 512)])
     return fit_probe(
-        target.x_train.flatten(1).numpy(),
-        target.y_train.numpy(),
-        target.x_test.flatten(1).numpy(),
-        target.y_test.numpy(),
-        cfg,
-        seed,
+        f_train.numpy(), target.y_train.numpy(), f_test.numpy(), target.y_test.numpy(), cfg, seed
     )
