@@ -19,16 +19,14 @@ from trainables.data import DataMissingError
 def _print_trials(spec: SweepSpec) -> None:
     configs = spec.expand()
     print(f"study {spec.name}: {len(configs)} trials")
-    header = (
-        f"{'#':>3}  {'trial_key':<16}  {'source':<16} {'arch':<14} {'norm':<5} {'eps':>8} "
-        f"{'seed':>4}"
-    )
-    print(header)
-    for i, cfg in enumerate(configs):
-        print(
-            f"{i:>3}  {cfg.key:<16}  {cfg.source.id:<16} {cfg.arch.id:<14} {cfg.norm:<5} "
-            f"{cfg.eps:>8.4g} {cfg.seed:>4}"
-        )
+    rows = [
+        [str(i), c.key, c.source.id, c.arch.id, c.norm, c.attack.id, f"{c.eps:.4g}", str(c.seed)]
+        for i, c in enumerate(configs)
+    ]
+    headers = ["#", "trial_key", "source", "arch", "norm", "attack", "eps", "seed"]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for row in [headers, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     targets = ", ".join(t.id for t in spec.transfer_targets()) or "none"
     fisher = "on" if spec.evaluations.fisher.enabled else "off"
     print(f"evaluations per trial: transfer to {targets}; Fisher {fisher}")
