@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from study.cli import main
-from study.spec import SweepSpec, load_spec
+from study.spec import SpecError, SweepSpec, load_spec
 from trainables.config import train_config_from_dict
 
 pytestmark = pytest.mark.unit
@@ -201,3 +201,46 @@ def test_missing_data_fails_before_anything_runs(
     assert len(line.splitlines()) == 1
     assert "cifar10" in line and str(tmp_path / "empty") in line and "download" in line
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_sweep_is_valid(path: Path) -> None:
+    assert load_spec(path).expand()
+
+
+def test_training_defaults_are_the_cifar_recipe(tmp_path: Path) -> None:
+    cfg = SweepSpec.model_validate(base_spec(tmp_path)).expand()[0]
+    o = cfg.optim
+    assert (o.optimizer, o.lr, o.momentum, o.weight_decay, o.batch_size) == (
+        "sgd",
+        0.1,
+        0.9,
+        5e-4,
+        128,
+    )
+    assert (o.epochs, o.schedule, o.step_every, o.step_gamma) == (150, "step", 50, 0.1)
+    assert (o.augment, o.crop_padding) == ("crop_flip", 4)
+    assert (cfg.attack.method, cfg.attack.steps, cfg.eval_attack.steps) == ("pgd", 7, 20)
+    assert cfg.attack.alpha(0.5) == pytest.approx(2.5 * 0.5 / 7)
+
+
+def test_a_grid_can_mix_sources_archs_and_attack_methods(tmp_path: Path) -> None:
+    raw = base_spec(tmp_path)
+    raw["grid"]["sources"].append({"dataset": "fashion_mnist", "classes": [0, 1]})
+    raw["grid"]["attacks"] = [
+        {"method": "pgd", "steps": 3},
+        "fgsm_rs",
+        {"method": "free", "replays": 2},
+    ]
+    configs = SweepSpec.model_validate(raw).expand()
+    assert len(configs) == 2 * 2 * 1 * 3 * 2 * 2
+    assert {c.attack.id for c in configs} == {"pgd3", "fgsm_rs", "free2"}
+    assert {c.source.name for c in configs} == {"digits", "fashion_mnist"}
+    assert len({c.key for c in configs}) == len(configs)
+
+
+def test_free_is_not_an_evaluation_attack(tmp_path: Path) -> None:
+    raw = base_spec(tmp_path)
+    raw["training"] = {"eval_attack": {"method": "free"}}
+    with pytest.raises(SpecError, match=r"training\.eval_attack\.method"):
+        load_spec(write(tmp_path, raw))
