@@ -131,3 +131,99 @@ def test_probe_reaches_sklearn_quality_and_chooses_c_on_validation() -> None:
 def test_raw_pixel_probe_on_digits_is_a_strong_baseline() -> None:
     target = build_dataset(DatasetRef("digits", (5, 6, 7, 8, 9)), DataConfig())
     assert run_raw_pixel_probe(target, ProbeConfig(c_grid=(0.1, 1.0))).test_acc > 0.9
+
+
+def test_power_iteration_matches_eigvalsh_of_the_explicit_fisher() -> None:
+    from trainables.evals.fisher import input_fisher_top_eigenvalue
+
+    model = small_model(3).double()
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    eig = input_fisher_top_eigenvalue(
+        model.features, x, iters=200, sigma=0.5, generator=torch.Generator().manual_seed(0)
+    )
+    for i in range(4):
+        jac = torch.autograd.functional.jacobian(
+            lambda z: model.features(z).squeeze(0), x[i : i + 1]
+        )
+        j = jac.reshape(jac.shape[0], -1)
+        top = torch.linalg.eigvalsh(j.T @ j / 0.25)[-1]
+        assert eig[i].item() == pytest.approx(top.item(), rel=1e-6)
+
+
+def test_representation_layer_is_a_parameter() -> None:
+    from trainables.evals.fisher import compute_input_fisher, representation_fn
+
+    model = small_model(arch="resnet18")
+    x = torch.rand(5, 1, 8, 8)
+    inner = representation_fn(model, "body.layer2")
+    assert inner(x).shape[0] == 5 and inner(x).shape[1] != model.feature_dim
+    assert torch.equal(representation_fn(model, None)(x), model.features(x))
+    a = compute_input_fisher(model, x, method="exact", probes=0, sigma=1.0, layer="body.layer2")
+    b = compute_input_fisher(model, x, method="exact", probes=0, sigma=1.0)
+    assert a.mean != pytest.approx(b.mean)
+    with pytest.raises(KeyError, match=r"body\.layer1"):
+        representation_fn(model, "body.layer9")
+
+
+@pytest.mark.parametrize("c", [0.05, 1.0, 20.0])
+def test_lbfgs_probe_reaches_sklearns_loss_and_accuracy(c: float) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from trainables.evals.probe import fit_linear_probe, probe_objective
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(5, 30))
+    y = rng.integers(0, 5, 900)
+    f = (centers[y] + 1.5 * rng.normal(size=(900, 30))).astype(np.float32)
+    tr, te = slice(0, 600), slice(600, 900)
+    ours = fit_linear_probe(torch.from_numpy(f[tr]), torch.from_numpy(y[tr]), 5, c, tol=1e-8)
+    x = (torch.from_numpy(f[tr]) - ours.mean) / ours.std
+    sk = LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(x.numpy(), y[tr])
+    sk_loss = float(
+        probe_objective(
+            torch.from_numpy(sk.coef_).float(),
+            torch.from_numpy(sk.intercept_).float(),
+            x,
+            torch.from_numpy(y[tr]),
+            c,
+        )
+    )
+    assert ours.loss == pytest.approx(sk_loss, rel=1e-4, abs=1e-6)
+    x_test = (torch.from_numpy(f[te]) - ours.mean) / ours.std
+    assert ours.accuracy(torch.from_numpy(f[te]), torch.from_numpy(y[te])) == pytest.approx(
+        sk.score(x_test.numpy(), y[te]), abs=1 / 300 + 1e-9
+    )
+
+
+def test_inverting_an_identity_network_recovers_the_input(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from trainables.evals.inversion import InversionConfig, run_inversion, save_inversion_grid
+
+    x0 = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    result = run_inversion(lambda x: x.flatten(1), x0, InversionConfig(steps=300, step_size=0.05))
+    assert result.psnr > 40
+    assert result.ssim > 0.99
+    assert ((result.reconstructions >= 0) & (result.reconstructions <= 1)).all()
+    png = save_inversion_grid(tmp_path / "grid.png", x0, [result.reconstructions], scale=2)
+    from PIL import Image
+
+    assert Image.open(png).size[0] > 6 * 32
+
+
+def test_regularisers_change_the_reconstruction_and_tv_smooths_it() -> None:
+    from trainables.evals.inversion import InversionConfig, run_inversion, total_variation
+
+    model = small_model(0)
+    x0 = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    plain = run_inversion(model.features, x0, InversionConfig(steps=60, step_size=0.05))
+    smooth = run_inversion(
+        model.features, x0, InversionConfig(steps=60, step_size=0.05, tv_weight=1.0)
+    )
+    fisher = run_inversion(
+        model.features, x0, InversionConfig(steps=20, step_size=0.05, fisher_weight=0.1)
+    )
+    assert (
+        total_variation(smooth.reconstructions).mean()
+        < total_variation(plain.reconstructions).mean()
+    )
+    assert not torch.equal(fisher.reconstructions, plain.reconstructions)
+    assert 0 <= plain.relative_error < 1

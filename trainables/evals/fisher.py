@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jacrev, jvp, vmap
+from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 from torch.nn import functional as F
 
 FISHER_METHODS = ("exact", "hutchinson")
@@ -69,6 +69,56 @@ def input_fisher_trace_hutchinson(
     return total / probes / sigma**2
 
 
+def input_fisher_top_eigenvalue(
+    feature_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    iters: int = 20,
+    sigma: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per-sample largest eigenvalue of J^T J / sigma^2 by power iteration.
+
+    Each iteration is one Jacobian-vector product (u = J v) and one vector-Jacobian product
+    (w = J^T u); samples are independent in eval mode, so a batch iterates all at once.
+    """
+    v = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    v = v / v.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+    _, pullback = vjp(feature_fn, x)
+    eig = torch.zeros(len(x), device=x.device, dtype=x.dtype)
+    for _ in range(max(iters, 1)):
+        _, u = jvp(feature_fn, (x,), (v,))
+        eig = u.flatten(1).pow(2).sum(1)
+        (w,) = pullback(u)
+        norm = w.flatten(1).norm(dim=1).clamp_min(1e-30)
+        v = w / norm.view(-1, *([1] * (x.dim() - 1)))
+    return eig / sigma**2
+
+
+def representation_fn(
+    model: nn.Module, layer: str | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The representation whose Fisher is measured: model.features (penultimate) by default, or
+    the flattened output of any named submodule (e.g. 'body.layer3')."""
+    if layer is None or layer in ("", "penultimate"):
+        return model.features  # type: ignore[no-any-return, operator]
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        choices = ", ".join(name for name in modules if name)
+        raise KeyError(f"unknown layer {layer!r}: choose one of {choices}")
+    module = modules[layer]
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+        handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            model(x)
+        finally:
+            handle.remove()
+        return captured[0].flatten(1)
+
+    return features
+
+
 def compute_input_fisher(
     model: nn.Module,
     x: torch.Tensor,
@@ -78,20 +128,40 @@ def compute_input_fisher(
     sigma: float,
     generator: torch.Generator | None = None,
     batch_size: int = 128,
+    layer: str | None = None,
 ) -> TraceEstimate:
-    """Mean input-Fisher trace of the penultimate features over the samples x."""
+    """Mean input-Fisher trace of a representation (default penultimate) over the samples x."""
     if method not in FISHER_METHODS:
         raise ValueError(f"unknown input Fisher method {method!r}: choose one of {FISHER_METHODS}")
     model.eval()
+    fn = representation_fn(model, layer)
     parts = []
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
         if method == "exact":
-            parts.append(input_fisher_trace_exact(model.features, xb, sigma))
+            parts.append(input_fisher_trace_exact(fn, xb, sigma))
         else:
-            parts.append(
-                input_fisher_trace_hutchinson(model.features, xb, probes, sigma, generator)
-            )
+            parts.append(input_fisher_trace_hutchinson(fn, xb, probes, sigma, generator))
+    return _summarise(torch.cat(parts).detach())
+
+
+def compute_input_fisher_eigenvalue(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    iters: int,
+    sigma: float,
+    generator: torch.Generator | None = None,
+    batch_size: int = 128,
+    layer: str | None = None,
+) -> TraceEstimate:
+    """Mean over x of the largest eigenvalue of the input Fisher of a representation."""
+    model.eval()
+    fn = representation_fn(model, layer)
+    parts = [
+        input_fisher_top_eigenvalue(fn, x[start : start + batch_size], iters, sigma, generator)
+        for start in range(0, len(x), batch_size)
+    ]
     return _summarise(torch.cat(parts).detach())
 
 
