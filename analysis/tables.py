@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-TABLES = ("trials", "epochs", "transfer", "fisher")
+TABLES = ("trials", "epochs", "transfer", "fisher", "robustness", "inversion")
 GROUP = ["source", "arch", "norm", "attack", "eps"]
 
 
@@ -20,12 +22,25 @@ def load_table(results_dir: str | Path, name: str) -> pd.DataFrame:
     """One table of a study as a DataFrame (RESULTS/tables/NAME is a folder of parquet parts)."""
     if name not in TABLES:
         raise KeyError(f"unknown table {name!r}: choose one of {', '.join(TABLES)}")
-    folder = Path(results_dir) / "tables" / name
-    if not folder.is_dir():
+    tables = Path(results_dir) / "tables"
+    if not tables.is_dir():
         raise FileNotFoundError(
-            f"no {name} table under {Path(results_dir)}: is this a study's results folder?"
+            f"no tables/ folder under {Path(results_dir)}: is this a study's results folder?"
         )
-    return pd.read_parquet(folder)
+    parts = sorted((tables / name).glob("part-*.parquet"))
+    if not parts:
+        return pd.DataFrame()
+    # Parts written by an older schema version lack newer columns: those read as nulls.
+    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
+    return table.to_pandas()
+
+
+def _with_columns(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """df with the given columns present (empty when a table has no parts yet)."""
+    for column in [*GROUP, *columns]:
+        if column not in df.columns:
+            df[column] = pd.Series(dtype=object)
+    return df
 
 
 def _mean_std(df: pd.DataFrame, by: list[str], column: str, label: str) -> pd.DataFrame:
@@ -42,7 +57,7 @@ def _mean_std(df: pd.DataFrame, by: list[str], column: str, label: str) -> pd.Da
 def tradeoff_table(results_dir: str | Path) -> pd.DataFrame:
     """Mean and std over seeds per (source, arch, norm, eps), plus baseline rows (row_kind)."""
     trials = load_table(results_dir, "trials")
-    transfer = load_table(results_dir, "transfer")
+    transfer = _with_columns(load_table(results_dir, "transfer"), ["kind", "target", "test_acc"])
     fisher = load_table(results_dir, "fisher")
     if trials.empty:
         return pd.DataFrame()
@@ -56,9 +71,21 @@ def tradeoff_table(results_dir: str | Path) -> pd.DataFrame:
         sub = probes[probes["target"] == target]
         if not sub.empty:
             parts.append(_mean_std(sub, GROUP, "test_acc", f"transfer[{target}]"))
+    robustness = load_table(results_dir, "robustness")
+    groups = robustness.groupby(["eval_attack", "eval_eps"]) if not robustness.empty else []
+    for (attack, eval_eps), sub in groups:
+        parts.append(_mean_std(sub, GROUP, "robust_acc", f"robust[{attack}@{eval_eps:.3g}]"))
     if not fisher.empty:
         parts.append(_mean_std(fisher, GROUP, "input_trace", "input_fisher"))
         parts.append(_mean_std(fisher, GROUP, "weight_trace", "weight_fisher"))
+    inversion = load_table(results_dir, "inversion")
+    for variant, sub in inversion.groupby("variant") if not inversion.empty else []:
+        parts.append(_mean_std(sub, GROUP, "psnr", f"psnr[{variant}]"))
+    finetune = transfer[transfer["kind"] == "finetune"]
+    for target in targets:
+        sub = finetune[finetune["target"] == target]
+        if not sub.empty:
+            parts.append(_mean_std(sub, GROUP, "test_acc", f"finetune[{target}]"))
     table = pd.concat(parts, axis=1).reset_index()
     table.insert(0, "row_kind", "trained")
     table["seeds"] = table.pop("clean_n")
@@ -113,7 +140,7 @@ def format_tradeoff(table: pd.DataFrame) -> str:
         attack = "" if pd.isna(r["attack"]) else str(r["attack"])
         cells = [str(r["source"]), str(r["arch"]), str(r["norm"]), attack, eps]
         for m in metrics:
-            digits = 0 if "fisher" in m else 3
+            digits = 0 if ("fisher" in m or "psnr" in m) else 3
             cells.append(_cell(r.get(f"{m}_mean"), r.get(f"{m}_std"), digits))
         seeds = r.get("seeds")
         cells.append("" if seeds is None or pd.isna(seeds) else str(int(seeds)))

@@ -24,9 +24,12 @@ from study.sinks.mlflow import MlflowSink
 from study.sinks.parquet import ParquetSink, read_table
 from study.spec import (
     SweepSpec,
+    finetune_key,
     fisher_key,
+    inversion_key,
     random_init_key,
     raw_pixel_key,
+    robustness_key,
     transfer_key,
 )
 from trainables.config import TrainConfig, to_canonical, train_config_from_dict
@@ -186,52 +189,76 @@ class Study:
         """The evaluations of one trained network that are not in the tables yet."""
         out: list[PendingEval] = []
         ev = self.spec.evaluations
-        probe = ev.transfer.to_config()
-        ident = trial_identity(cfg)
-        for target in self.spec.transfer_targets():
-            key = transfer_key(cfg.key, target, cfg.data, probe)
-            if self.parquet.has("transfer", key):
+        ident = {"trial_key": cfg.key, **trial_identity(cfg)}
+
+        def add(table: str, key: str, name: str, row: dict[str, Any], **task: Any) -> None:
+            if self.parquet.has(table, key):
                 self.summary.evals_cached += 1
-                continue
-            task = EvalTask(
-                "transfer",
+                return
+            kind = task.pop("kind")
+            evaluation = EvalTask(
+                kind,
                 key,
-                cfg.data,
+                task.pop("data", cfg.data),
                 train=cfg,
                 checkpoint=checkpoint,
+                load=self.load,
+                **task,
+            )
+            full_row = {"eval_key": key, **ident, **row}
+            out.append(PendingEval(evaluation, table, full_row, name, trial_run_id, trial_run_id))
+
+        probe = ev.transfer.to_config()
+        finetune = ev.transfer.finetune
+        for target in self.spec.transfer_targets():
+            add(
+                "transfer",
+                transfer_key(cfg.key, target, cfg.data, probe),
+                f"transfer {target.id}",
+                {"kind": "probe", "target": target.id},
+                kind="transfer",
                 target=target,
                 probe=probe,
-                load=self.load,
             )
-            row = {
-                "eval_key": key,
-                "trial_key": cfg.key,
-                "kind": "probe",
-                "target": target.id,
-                **ident,
-            }
-            out.append(
-                PendingEval(
-                    task, "transfer", row, f"transfer {target.id}", trial_run_id, trial_run_id
+            if finetune.enabled:
+                ft = finetune.to_config(cfg.seed)
+                add(
+                    "transfer",
+                    finetune_key(cfg.key, target, cfg.data, ft),
+                    f"finetune {target.id}",
+                    {"kind": "finetune", "target": target.id},
+                    kind="finetune",
+                    target=target,
+                    finetune=ft,
                 )
-            )
         if ev.fisher.enabled:
             fisher = ev.fisher.to_config()
-            key = fisher_key(cfg.key, fisher)
-            if self.parquet.has("fisher", key):
-                self.summary.evals_cached += 1
-            else:
-                task = EvalTask(
-                    "fisher",
-                    key,
-                    cfg.data,
-                    train=cfg,
-                    checkpoint=checkpoint,
-                    fisher=fisher,
-                    load=self.load,
+            add("fisher", fisher_key(cfg.key, fisher), "fisher", {}, kind="fisher", fisher=fisher)
+        if ev.robustness.enabled:
+            for rob in ev.robustness.configs(cfg.source.name, cfg.norm):
+                add(
+                    "robustness",
+                    robustness_key(cfg.key, rob),
+                    f"robustness {rob.id} eps={rob.eps:.4g}",
+                    {},
+                    kind="robustness",
+                    robustness=rob,
                 )
-                row = {"eval_key": key, "trial_key": cfg.key, **ident}
-                out.append(PendingEval(task, "fisher", row, "fisher", trial_run_id, trial_run_id))
+        if ev.inversion.enabled:
+            n = ev.inversion.num_images
+            for variant, inv in ev.inversion.configs():
+                key = inversion_key(cfg.key, inv, n)
+                path = self.results_dir / "artifacts" / "inversion" / f"{key}.png"
+                add(
+                    "inversion",
+                    key,
+                    f"inversion {variant}",
+                    {"variant": variant},
+                    kind="inversion",
+                    inversion=inv,
+                    num_images=n,
+                    artifact_path=str(path),
+                )
         return out
 
     def baseline_tasks(self) -> list[PendingEval]:
@@ -337,6 +364,8 @@ class Study:
             },
         )
         self.mlflow.log_metrics(run_id, metrics)
+        for artifact in self.eval_artifacts(ev, result):
+            self.mlflow.log_artifact(run_id, artifact)
         self.mlflow.end_run(run_id, "FINISHED")
         if ev.trial_run_id is not None:
             self.mlflow.log_metrics(
@@ -348,33 +377,61 @@ class Study:
         self.summary.evals_done += 1
         self.say(f"  eval  {ev.name:<40} {self.describe_result(ev, result)}")
 
+    def eval_artifacts(self, ev: PendingEval, result: dict[str, Any]) -> list[Path]:
+        """Files logged with an evaluation's run: the inversion grid, per-layer Fisher."""
+        if ev.task.kind == "inversion" and result.get("grid_path"):
+            path = Path(result["grid_path"])
+            return [path] if path.is_file() else []
+        if ev.task.kind == "fisher":
+            path = self.results_dir / "artifacts" / "fisher" / f"{ev.task.eval_key}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result["weight_trace_per_layer"], indent=2, sort_keys=True))
+            return [path]
+        return []
+
     def eval_metrics(self, ev: PendingEval, result: dict[str, Any]) -> tuple[dict[str, float], str]:
+        """The evaluation's metrics (also logged on its trial's run, under the prefix)."""
         kind = ev.task.kind
         if kind == "fisher":
             metrics = {
                 "fisher/input_trace": result["input_trace"],
                 "fisher/input_trace_stderr": result["input_trace_stderr"],
+                "fisher/input_eig": result["input_eig"],
                 "fisher/weight_trace": result["weight_trace"],
                 "fisher/weight_trace_stderr": result["weight_trace_stderr"],
             }
             for layer, value in result["weight_trace_per_layer"].items():
                 metrics[f"fisher/weight_trace/{layer}"] = value
             return metrics, "fisher/"
+        if kind == "robustness":
+            name = f"robust/{result['eval_attack']}_eps{result['eval_eps']:.4g}"
+            return {
+                f"{name}/acc": result["robust_acc"],
+                f"{name}/clean_acc": result["clean_acc"],
+            }, "robust/"
+        if kind == "inversion":
+            name = f"inversion/{ev.row['variant']}"
+            return {
+                f"{name}/psnr": result["psnr"],
+                f"{name}/ssim": result["ssim"],
+                f"{name}/relative_error": result["relative_error"],
+            }, "inversion/"
         target = ev.row["target"]
         name = {
             "transfer": "acc",
+            "finetune": "acc_finetune",
             "raw_pixels": "acc_raw_pixels",
             "random_init": "acc_random_init",
         }[kind]
-        return {
-            f"transfer/{target}/{name}": result["test_acc"],
-            f"transfer/{target}/c": result["c"],
-        }, "transfer/"
+        metrics = {f"transfer/{target}/{name}": result["test_acc"]}
+        if result.get("c") is not None:
+            metrics[f"transfer/{target}/c"] = result["c"]
+        return metrics, "transfer/"
 
     @staticmethod
     def eval_params(task: EvalTask) -> dict[str, Any]:
         params: dict[str, Any] = {"evaluation": task.kind}
-        for name in ("target", "probe", "fisher"):
+        for name in ("target", "probe", "fisher", "robustness", "inversion", "finetune"):
             value = getattr(task, name)
             if value is not None:
                 params[name] = to_canonical(asdict(value))
@@ -382,8 +439,15 @@ class Study:
 
     @staticmethod
     def describe_result(ev: PendingEval, result: dict[str, Any]) -> str:
-        if ev.task.kind == "fisher":
+        kind = ev.task.kind
+        if kind == "fisher":
             return f"input {result['input_trace']:.4g}  weight {result['weight_trace']:.4g}"
+        if kind == "robustness":
+            return f"robust acc {result['robust_acc']:.3f} (clean {result['clean_acc']:.3f})"
+        if kind == "inversion":
+            return f"PSNR {result['psnr']:.1f} dB  SSIM {result['ssim']:.3f}"
+        if kind == "finetune":
+            return f"acc {result['test_acc']:.3f}"
         return f"acc {result['test_acc']:.3f} (C={result['c']:g})"
 
     def record_eval_failure(self, ev: PendingEval, exc: BaseException) -> None:

@@ -26,12 +26,16 @@ from trainables.config import (
     FisherConfig,
     OptimConfig,
     ProbeConfig,
+    RobustnessConfig,
     RunOptions,
     TrainConfig,
     compute_key,
 )
 from trainables.data import get_dataset_info, list_datasets
+from trainables.evals.finetune import FinetuneConfig
 from trainables.evals.fisher import FISHER_METHODS, WEIGHT_FISHER_TYPES
+from trainables.evals.inversion import InversionConfig
+from trainables.evals.robustness import standard_eps
 from trainables.models import list_models
 
 
@@ -321,6 +325,27 @@ class DataSpec(StrictModel):
         )
 
 
+class FinetuneSpec(StrictModel):
+    """Full fine-tuning on each transfer target, beside the linear probe (Salman et al.)."""
+
+    enabled: bool = False
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(0.01, gt=0)
+    batch_size: int = Field(64, ge=1)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+
+    def to_config(self, seed: int) -> FinetuneConfig:
+        return FinetuneConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            seed=seed,
+        )
+
+
 class TransferSpec(StrictModel):
     """Linear transfer targets and the probe's settings (PAPER.md section 3)."""
 
@@ -328,20 +353,37 @@ class TransferSpec(StrictModel):
     c_grid: list[float] = Field([0.01, 0.1, 1.0, 10.0], min_length=1)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     max_iter: int = Field(500, ge=1)
+    tol: float = Field(1e-6, gt=0)
     baselines: bool = True
+    finetune: FinetuneSpec = FinetuneSpec()
+
+    @field_validator("c_grid")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        for i, v in enumerate(values):
+            if not (math.isfinite(v) and v > 0):
+                raise spec_error(
+                    "c_grid",
+                    "a regularisation strength C must be a finite number > 0",
+                    field=str(i),
+                    value=v,
+                )
+        return values
 
     def to_config(self) -> ProbeConfig:
-        return ProbeConfig(tuple(self.c_grid), self.val_fraction, self.max_iter)
+        return ProbeConfig(tuple(self.c_grid), self.val_fraction, self.max_iter, self.tol)
 
 
 class FisherSpec(StrictModel):
-    """Input and weight Fisher traces (PAPER.md section 4)."""
+    """Input and weight Fisher information (PAPER.md section 4)."""
 
     enabled: bool = True
     num_samples: int = Field(128, ge=2)
     sigma: float = Field(1.0, gt=0)
     input_method: str = "hutchinson"
     probes: int = Field(16, ge=1)
+    eigen_iters: int = Field(20, ge=0)
+    layer: str | None = None
     weight_fisher: str = "true"
     seed: int = 0
 
@@ -363,13 +405,120 @@ class FisherSpec(StrictModel):
 
     def to_config(self) -> FisherConfig:
         return FisherConfig(
-            self.num_samples,
-            self.sigma,
-            self.input_method,
-            self.probes,
-            self.weight_fisher,
-            self.seed,
+            num_samples=self.num_samples,
+            sigma=self.sigma,
+            input_method=self.input_method,
+            probes=self.probes,
+            weight_fisher=self.weight_fisher,
+            seed=self.seed,
+            layer=self.layer,
+            eigen_iters=self.eigen_iters,
         )
+
+
+class RobustnessSpec(StrictModel):
+    """Robust accuracy of every trained network at fixed radii, under the trial's norm.
+
+    eps: numbers, fractions ('8/255') or 'standard' (the radius the literature reports for the
+    source dataset and norm: 8/255 or 0.5 on CIFAR, 4/255 or 3.0 on ImageNet).
+    """
+
+    enabled: bool = True
+    eps: list[float | Literal["standard"]] = Field(["standard"], min_length=1)
+    attack: AttackSpec = AttackSpec(steps=20)
+    autoattack: bool = False
+    num_samples: int = Field(500, ge=1)
+    seed: int = 0
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _parse(cls, values: Any) -> Any:
+        if not isinstance(values, list):
+            return values
+        return [v if v == "standard" else parse_eps(v) for v in values]
+
+    @field_validator("eps")
+    @classmethod
+    def _valid(cls, values: list[float | str]) -> list[float | str]:
+        for i, v in enumerate(values):
+            if v != "standard" and not (math.isfinite(float(v)) and float(v) > 0):
+                raise spec_error(
+                    "eps_value",
+                    "an evaluation eps must be a finite number > 0 or 'standard'",
+                    field=str(i),
+                    value=v,
+                )
+        return values
+
+    @field_validator("attack")
+    @classmethod
+    def _attack(cls, v: AttackSpec) -> AttackSpec:
+        if v.method == "free":
+            raise spec_error(
+                "attack",
+                "free is a training method, not an evaluation attack: use pgd",
+                field="method",
+                value=v.method,
+            )
+        return v
+
+    def configs(self, dataset: str, norm: str) -> list[RobustnessConfig]:
+        """One RobustnessConfig per radius (and per attack: PGD, plus AutoAttack when on)."""
+        info = get_dataset_info(dataset)
+        out = []
+        for v in self.eps:
+            eps = standard_eps(dataset, norm, info.size) if v == "standard" else float(v)
+            out.append(
+                RobustnessConfig(eps, "pgd", self.attack.to_config(), self.num_samples, self.seed)
+            )
+            if self.autoattack:
+                out.append(
+                    RobustnessConfig(
+                        eps, "autoattack", self.attack.to_config(), self.num_samples, self.seed
+                    )
+                )
+        return out
+
+
+class InversionVariantSpec(StrictModel):
+    """One way of inverting: its name and regulariser weights (0 = the plain objective)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    tv_weight: float = Field(0.0, ge=0)
+    fisher_weight: float = Field(0.0, ge=0)
+
+
+class InversionSpec(StrictModel):
+    """Inversion of the representation (PAPER.md section 5), plain and regularised."""
+
+    enabled: bool = True
+    num_images: int = Field(8, ge=1, le=256)
+    steps: int = Field(200, ge=1)
+    step_size: float = Field(0.1, gt=0)
+    variants: list[InversionVariantSpec] = Field(
+        [InversionVariantSpec(name="plain"), InversionVariantSpec(name="tv", tv_weight=0.05)],
+        min_length=1,
+    )
+    seed: int = 0
+
+    @field_validator("variants")
+    @classmethod
+    def _unique(cls, values: list[InversionVariantSpec]) -> list[InversionVariantSpec]:
+        names = [v.name for v in values]
+        if len(set(names)) != len(names):
+            raise spec_error("variants", "variant names must be distinct", value=names)
+        return values
+
+    def configs(self) -> list[tuple[str, InversionConfig]]:
+        return [
+            (
+                v.name,
+                InversionConfig(
+                    self.steps, self.step_size, v.tv_weight, v.fisher_weight, self.seed
+                ),
+            )
+            for v in self.variants
+        ]
 
 
 class EvaluationsSpec(StrictModel):
@@ -377,6 +526,8 @@ class EvaluationsSpec(StrictModel):
 
     transfer: TransferSpec = TransferSpec()
     fisher: FisherSpec = FisherSpec()
+    robustness: RobustnessSpec = RobustnessSpec()
+    inversion: InversionSpec = InversionSpec()
 
 
 class OutputSpec(StrictModel):
@@ -501,3 +652,20 @@ def random_init_key(cfg: TrainConfig, target: DatasetRef, probe: ProbeConfig) ->
 def fisher_key(trial_key: str, fisher: FisherConfig) -> str:
     """The eval_key of the Fisher evaluation of one trained network."""
     return compute_key("fisher", trial_key, fisher)
+
+
+def robustness_key(trial_key: str, robustness: RobustnessConfig) -> str:
+    """The eval_key of one robust-accuracy evaluation (radius, attack, sample) of a network."""
+    return compute_key("robustness", trial_key, robustness)
+
+
+def inversion_key(trial_key: str, inversion: InversionConfig, num_images: int) -> str:
+    """The eval_key of one inversion variant of a network."""
+    return compute_key("inversion", trial_key, inversion, num_images)
+
+
+def finetune_key(
+    trial_key: str, target: DatasetRef, data: DataConfig, finetune: FinetuneConfig
+) -> str:
+    """The eval_key of full fine-tuning of a network on one target."""
+    return compute_key("finetune", trial_key, target, data, finetune)

@@ -154,6 +154,7 @@ class ProbeConfig:
     c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
     val_fraction: float = 0.2
     max_iter: int = 500
+    tol: float = 1e-6
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,23 @@ class FisherConfig:
     probes: int = 16
     weight_fisher: str = "true"
     seed: int = 0
+    layer: str | None = None
+    eigen_iters: int = 20
+
+
+@dataclass(frozen=True)
+class RobustnessConfig:
+    """Robust accuracy at one radius: PGD (attack's steps and restarts) or AutoAttack."""
+
+    eps: float
+    method: str = "pgd"
+    attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=20))
+    num_samples: int = 500
+    seed: int = 0
+
+    @property
+    def id(self) -> str:
+        return "autoattack" if self.method == "autoattack" else self.attack.id
 
 
 def to_canonical(obj: Any) -> Any:

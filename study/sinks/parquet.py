@@ -109,10 +109,13 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("seed", pa.int64()),
             pa.field("n_samples", pa.int64()),
             pa.field("sigma", pa.float64()),
+            pa.field("layer", pa.string()),
             pa.field("input_method", pa.string()),
             pa.field("probes", pa.int64()),
             pa.field("input_trace", pa.float64()),
             pa.field("input_trace_stderr", pa.float64()),
+            pa.field("input_eig", pa.float64()),
+            pa.field("input_eig_stderr", pa.float64()),
             pa.field("weight_fisher", pa.string()),
             pa.field("weight_trace", pa.float64()),
             pa.field("weight_trace_stderr", pa.float64()),
@@ -123,11 +126,53 @@ SCHEMAS: dict[str, pa.Schema] = {
     ),
 }
 
+_GRID_COLUMNS = [
+    pa.field("eval_key", pa.string(), nullable=False),
+    pa.field("trial_key", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("arch", pa.string()),
+    pa.field("norm", pa.string()),
+    pa.field("attack", pa.string()),
+    pa.field("eps", pa.float64()),
+    pa.field("seed", pa.int64()),
+]
+SCHEMAS["robustness"] = pa.schema(
+    [
+        *_GRID_COLUMNS,
+        pa.field("eval_eps", pa.float64()),
+        pa.field("eval_attack", pa.string()),
+        pa.field("n_samples", pa.int64()),
+        pa.field("clean_acc", pa.float64()),
+        pa.field("robust_acc", pa.float64()),
+        pa.field("wall_time_s", pa.float64()),
+        pa.field("mlflow_run_id", pa.string()),
+    ]
+)
+SCHEMAS["inversion"] = pa.schema(
+    [
+        *_GRID_COLUMNS,
+        pa.field("variant", pa.string()),
+        pa.field("n_images", pa.int64()),
+        pa.field("steps", pa.int64()),
+        pa.field("step_size", pa.float64()),
+        pa.field("tv_weight", pa.float64()),
+        pa.field("fisher_weight", pa.float64()),
+        pa.field("psnr", pa.float64()),
+        pa.field("ssim", pa.float64()),
+        pa.field("relative_error", pa.float64()),
+        pa.field("grid_path", pa.string()),
+        pa.field("wall_time_s", pa.float64()),
+        pa.field("mlflow_run_id", pa.string()),
+    ]
+)
+
 KEYS: dict[str, tuple[str, ...]] = {
     "trials": ("trial_key",),
     "epochs": ("trial_key", "epoch"),
     "transfer": ("eval_key",),
     "fisher": ("eval_key",),
+    "robustness": ("eval_key",),
+    "inversion": ("eval_key",),
 }
 
 

@@ -37,7 +37,7 @@ def smoke(
 def tables(results: Path) -> dict[str, pd.DataFrame]:
     return {
         n: pd.read_parquet(results / "tables" / n)
-        for n in ("trials", "epochs", "transfer", "fisher")
+        for n in ("trials", "epochs", "transfer", "fisher", "robustness", "inversion")
     }
 
 
@@ -50,6 +50,13 @@ def test_run_writes_every_row_and_prints_the_table(smoke) -> None:  # type: igno
     kinds = t["transfer"]["kind"].value_counts().to_dict()
     assert kinds == {"probe": 2, "random_init": 1, "raw_pixels": 1}
     assert len(t["fisher"]) == 2 and (t["fisher"]["input_trace"] > 0).all()
+    assert (t["fisher"]["input_eig"] <= t["fisher"]["input_trace"] + 1e-9).all()
+    rob = t["robustness"]
+    assert len(rob) == 2 and (rob["robust_acc"] <= rob["clean_acc"]).all()
+    assert set(rob["eval_eps"]) == {0.5}  # the standard L2 radius for a 32 px or smaller source
+    inv = t["inversion"]
+    assert sorted(inv["variant"]) == ["plain", "plain", "tv", "tv"]
+    assert all(Path(p).is_file() for p in inv["grid_path"])
     for name in ("transfer[digits-c56789]", "input_fisher", "raw pixels", "random init"):
         assert name in first.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in first.stdout
@@ -63,7 +70,7 @@ def test_mlflow_has_one_parent_and_its_nested_runs(smoke) -> None:  # type: igno
     mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["smoke"])
     roles = runs["tags.atsweep.role"].value_counts().to_dict()
-    assert roles == {"study": 1, "trial": 2, "evaluation": 6}
+    assert roles == {"study": 1, "trial": 2, "evaluation": 12}
     parent = runs[runs["tags.atsweep.role"] == "study"]["run_id"].item()
     trials = runs[runs["tags.atsweep.role"] == "trial"]
     assert (trials["tags.mlflow.parentRunId"] == parent).all()
@@ -74,6 +81,11 @@ def test_mlflow_has_one_parent_and_its_nested_runs(smoke) -> None:  # type: igno
     assert set(t["trials"]["trial_key"]) == set(trials["tags.trial_key"])
     assert set(runs["status"]) == {"FINISHED"}
     assert trials["metrics.test/acc_pgd"].notna().all()
+    assert trials["metrics.inversion/plain/psnr"].notna().all()
+    client = mlflow.MlflowClient()
+    for kind, suffix in (("inversion", ".png"), ("fisher", ".json")):
+        for run_id in evals[evals["tags.evaluation"] == kind]["run_id"]:
+            assert any(f.path.endswith(suffix) for f in client.list_artifacts(run_id)), kind
 
 
 def test_running_twice_adds_no_rows_and_no_runs(smoke) -> None:  # type: ignore[no-untyped-def]
@@ -84,7 +96,7 @@ def test_running_twice_adds_no_rows_and_no_runs(smoke) -> None:  # type: ignore[
     assert "2 cached, 0 to run" in second.stdout
     assert {n: len(df) for n, df in tables(results).items()} == before
     mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
-    assert len(mlflow.search_runs(experiment_names=["smoke"])) == 9
+    assert len(mlflow.search_runs(experiment_names=["smoke"])) == 15
 
 
 def test_extending_the_grid_runs_only_the_new_cell(smoke) -> None:  # type: ignore[no-untyped-def]
@@ -98,7 +110,7 @@ def test_extending_the_grid_runs_only_the_new_cell(smoke) -> None:  # type: igno
     assert "2 cached, 1 to run" in out.stdout
     t = tables(results)
     assert sorted(t["trials"]["eps"]) == [0.0, 0.5, 1.0]
-    assert len(t["epochs"]) == 3 * 2 and len(t["fisher"]) == 3
+    assert len(t["epochs"]) == 3 * 2 and len(t["fisher"]) == 3 and len(t["inversion"]) == 6
     assert not t["trials"]["trial_key"].duplicated().any()
 
 

@@ -44,7 +44,9 @@ def test_mixed_grid_runs_every_cell_and_transfers_across_formats(tmp_path: Path)
         "data": {"root": str(data), "max_per_class": 10},
         "evaluations": {
             "transfer": {"targets": [{"dataset": "digits", "classes": [5, 6, 7]}], "c_grid": [1.0]},
-            "fisher": {"num_samples": 8, "probes": 2},
+            "fisher": {"num_samples": 8, "probes": 2, "eigen_iters": 2},
+            "robustness": {"enabled": False},
+            "inversion": {"enabled": False},
         },
         "output": {"results_dir": str(tmp_path / "results")},
     }

@@ -1,7 +1,8 @@
 """Evaluations of a trained network, each a pure function of configs and a checkpoint path.
 
-These are what a study fans out as each training trial finishes (PAPER.md sections 3-4):
-linear transfer to a target, the raw-pixel and random-init baselines, and the Fisher traces.
+These are what a study fans out as each training trial finishes (PAPER.md sections 3-5):
+linear transfer to a target (and full fine-tuning), the raw-pixel and random-init baselines,
+the Fisher information of the input and of the weights, robust accuracy, and inversion.
 Each returns a flat dict of results; the study layer adds keys and writes them.
 """
 
@@ -16,9 +17,29 @@ import numpy as np
 import torch
 
 from trainables.checkpoint import load_checkpoint
-from trainables.config import DataConfig, DatasetRef, FisherConfig, ProbeConfig, TrainConfig
-from trainables.data import DEFAULT_LOAD, LoadRequest, build_dataset, get_dataset_info
-from trainables.evals.fisher import compute_input_fisher, compute_weight_fisher
+from trainables.config import (
+    DataConfig,
+    DatasetRef,
+    FisherConfig,
+    ProbeConfig,
+    RobustnessConfig,
+    TrainConfig,
+)
+from trainables.data import (
+    DEFAULT_LOAD,
+    LoadRequest,
+    SubsetImageSet,
+    build_dataset,
+    get_dataset_info,
+)
+from trainables.evals.finetune import FinetuneConfig, run_finetune
+from trainables.evals.fisher import (
+    compute_input_fisher,
+    compute_input_fisher_eigenvalue,
+    compute_weight_fisher,
+)
+from trainables.evals.inversion import InversionConfig, run_inversion, save_inversion_grid
+from trainables.evals.robustness import compute_autoattack_accuracy, compute_robust_accuracy
 from trainables.evals.transfer import ProbeResult, run_raw_pixel_probe, run_transfer
 from trainables.models import Classifier, ModelInput, build_model
 
@@ -100,7 +121,8 @@ def evaluate_fisher(
     fisher: FisherConfig,
     load: LoadRequest = DEFAULT_LOAD,
 ) -> dict[str, Any]:
-    """Input and weight Fisher traces on the first num_samples source test images."""
+    """Input Fisher (trace, top eigenvalue) of a representation and weight Fisher traces, on the
+    first num_samples source test images."""
     model = load_trained_model(cfg, checkpoint_dir)
     splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
     n = min(fisher.num_samples, len(splits.test))
@@ -114,15 +136,29 @@ def evaluate_fisher(
         probes=fisher.probes,
         sigma=fisher.sigma,
         generator=gen,
+        layer=fisher.layer,
     )
+    eig = None
+    if fisher.eigen_iters > 0:
+        eig = compute_input_fisher_eigenvalue(
+            model,
+            x,
+            iters=fisher.eigen_iters,
+            sigma=fisher.sigma,
+            generator=gen,
+            layer=fisher.layer,
+        )
     wf = compute_weight_fisher(model, x, y, fisher_type=fisher.weight_fisher, generator=gen)
     return {
         "n_samples": len(x),
         "sigma": fisher.sigma,
+        "layer": fisher.layer or "penultimate",
         "input_method": fisher.input_method,
         "probes": fisher.probes if fisher.input_method == "hutchinson" else 0,
         "input_trace": inp.mean,
         "input_trace_stderr": inp.stderr,
+        "input_eig": eig.mean if eig is not None else None,
+        "input_eig_stderr": eig.stderr if eig is not None else None,
         "weight_fisher": fisher.weight_fisher,
         "weight_trace": wf.trace.mean,
         "weight_trace_stderr": wf.trace.stderr,
@@ -130,7 +166,98 @@ def evaluate_fisher(
     }
 
 
-EVAL_KINDS = ("transfer", "random_init", "raw_pixels", "fisher")
+def evaluate_robustness(
+    cfg: TrainConfig,
+    checkpoint_dir: Path | str,
+    robustness: RobustnessConfig,
+    load: LoadRequest = DEFAULT_LOAD,
+) -> dict[str, Any]:
+    """Clean and robust accuracy (PGD with restarts, or AutoAttack) on source test images."""
+    model = load_trained_model(cfg, checkpoint_dir)
+    splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
+    n = min(robustness.num_samples, len(splits.test))
+    images = SubsetImageSet(splits.test, np.arange(n), splits.test.targets[:n])
+    clean = compute_robust_accuracy(model, images, norm=cfg.norm, eps=0.0, attack=robustness.attack)
+    if robustness.method == "autoattack":
+        robust = compute_autoattack_accuracy(
+            model,
+            images,
+            norm=cfg.norm,
+            eps=robustness.eps,
+            num_classes=splits.num_classes,
+            seed=robustness.seed,
+        )
+    else:
+        robust = compute_robust_accuracy(
+            model,
+            images,
+            norm=cfg.norm,
+            eps=robustness.eps,
+            attack=robustness.attack,
+            generator=torch.Generator().manual_seed(robustness.seed),
+        )
+    return {
+        "eval_eps": robustness.eps,
+        "eval_attack": robustness.id,
+        "n_samples": n,
+        "clean_acc": clean,
+        "robust_acc": robust,
+    }
+
+
+def evaluate_inversion(
+    cfg: TrainConfig,
+    checkpoint_dir: Path | str,
+    inversion: InversionConfig,
+    num_images: int,
+    artifact_path: str | None,
+    load: LoadRequest = DEFAULT_LOAD,
+) -> dict[str, Any]:
+    """Reconstruct the first num_images source test images from their penultimate features."""
+    model = load_trained_model(cfg, checkpoint_dir)
+    splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
+    n = min(num_images, len(splits.test))
+    x0 = splits.test.get_batch(np.arange(n))
+    result = run_inversion(model.features, x0, inversion)
+    if artifact_path is not None:
+        scale = max(1, 64 // x0.shape[-1])
+        save_inversion_grid(Path(artifact_path), x0, [result.reconstructions], scale=scale)
+    return {
+        "n_images": n,
+        "steps": inversion.steps,
+        "step_size": inversion.step_size,
+        "tv_weight": inversion.tv_weight,
+        "fisher_weight": inversion.fisher_weight,
+        "psnr": result.psnr,
+        "ssim": result.ssim,
+        "relative_error": result.relative_error,
+        "grid_path": artifact_path,
+    }
+
+
+def evaluate_finetune(
+    cfg: TrainConfig,
+    checkpoint_dir: Path | str,
+    target: DatasetRef,
+    data: DataConfig,
+    finetune: FinetuneConfig,
+    load: LoadRequest = DEFAULT_LOAD,
+) -> dict[str, Any]:
+    """Full fine-tuning of a trained network on one target (Salman et al. 2020)."""
+    model = load_trained_model(cfg, checkpoint_dir)
+    splits = build_dataset(target, data, load.root, load.download)
+    return run_finetune(model, splits, finetune, source_format(cfg))
+
+
+EVAL_KINDS = (
+    "transfer",
+    "random_init",
+    "raw_pixels",
+    "fisher",
+    "robustness",
+    "inversion",
+    "finetune",
+)
 
 
 @dataclass(frozen=True)
@@ -145,26 +272,41 @@ class EvalTask:
     target: DatasetRef | None = None
     probe: ProbeConfig | None = None
     fisher: FisherConfig | None = None
+    robustness: RobustnessConfig | None = None
+    inversion: InversionConfig | None = None
+    num_images: int = 8
+    finetune: FinetuneConfig | None = None
+    artifact_path: str | None = None
     load: LoadRequest = field(default_factory=LoadRequest)
 
 
 def run_evaluation(task: EvalTask) -> dict[str, Any]:
     """Run one EvalTask and return its result row (with wall_time_s)."""
     t0 = time.perf_counter()
+    cfg, ckpt = task.train, task.checkpoint
     if task.kind == "transfer":
-        assert task.train and task.checkpoint and task.target and task.probe
-        result = evaluate_transfer(
-            task.train, task.checkpoint, task.target, task.data, task.probe, task.load
-        )
+        assert cfg and ckpt and task.target and task.probe
+        result = evaluate_transfer(cfg, ckpt, task.target, task.data, task.probe, task.load)
     elif task.kind == "random_init":
-        assert task.train and task.target and task.probe
-        result = evaluate_random_init(task.train, task.target, task.probe, task.load)
+        assert cfg and task.target and task.probe
+        result = evaluate_random_init(cfg, task.target, task.probe, task.load)
     elif task.kind == "raw_pixels":
         assert task.target and task.probe
         result = evaluate_raw_pixels(task.target, task.data, task.probe, task.load)
     elif task.kind == "fisher":
-        assert task.train and task.checkpoint and task.fisher
-        result = evaluate_fisher(task.train, task.checkpoint, task.fisher, task.load)
+        assert cfg and ckpt and task.fisher
+        result = evaluate_fisher(cfg, ckpt, task.fisher, task.load)
+    elif task.kind == "robustness":
+        assert cfg and ckpt and task.robustness
+        result = evaluate_robustness(cfg, ckpt, task.robustness, task.load)
+    elif task.kind == "inversion":
+        assert cfg and ckpt and task.inversion
+        result = evaluate_inversion(
+            cfg, ckpt, task.inversion, task.num_images, task.artifact_path, task.load
+        )
+    elif task.kind == "finetune":
+        assert cfg and ckpt and task.target and task.finetune
+        result = evaluate_finetune(cfg, ckpt, task.target, task.data, task.finetune, task.load)
     else:
         raise ValueError(f"unknown evaluation kind {task.kind!r}: choose one of {EVAL_KINDS}")
     result["wall_time_s"] = time.perf_counter() - t0

@@ -58,13 +58,18 @@ def fit_linear_probe(
     max_iter: int = 500,
     tol: float = 1e-6,
     init: LinearProbe | None = None,
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> LinearProbe:
-    """Minimise probe_objective with L-BFGS (strong Wolfe line search) to gradient norm tol."""
+    """Minimise probe_objective with L-BFGS (strong Wolfe line search) to gradient norm tol.
+
+    Features are standardised with `stats` (mean, std) when given, else with their own; `init`
+    warm-starts the weights (e.g. from the fit at a neighbouring C).
+    """
     if c <= 0:
         raise ValueError(f"the regularisation strength C must be positive, got {c}")
     feats = features.to(dtype)
-    mean, std = (init.mean, init.std) if init is not None else standardise(feats)
+    mean, std = stats if stats is not None else standardise(feats)
     x = (feats - mean) / std
     y = labels.long()
     d = x.shape[1]

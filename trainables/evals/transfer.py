@@ -1,10 +1,11 @@
 """Linear transfer (PAPER.md section 3): a logistic-regression probe on frozen features.
 
 The network is frozen; its penultimate features of the target's train and test splits are
-extracted once; a multinomial, L2-regularised logistic regression is fit with its strength chosen
-on a validation split of the target train set, then refit on the whole train split, and scored on
-the target test split. The same probe on raw pixels and on a randomly initialised network of the
-same architecture are the baselines that keep the number honest.
+extracted once; a multinomial, L2-regularised logistic regression (full-batch L-BFGS in torch,
+trainables.evals.probe) is fit with its strength chosen on a validation split of the target
+train set, then refit on the whole train split, and scored on the target test split. The same
+probe on raw pixels and on a randomly initialised network of the same architecture are the
+baselines that keep the number honest.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from trainables.config import ProbeConfig
 from trainables.data import ImageSet, Splits, adapt_images, iterate_batches, split_stratified
+from trainables.evals.probe import LinearProbe, fit_linear_probe, standardise
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,6 @@ def extract_features(
     return torch.cat(chunks)
 
 
-def _fit(
-    features: np.ndarray, labels: np.ndarray, c: float, cfg: ProbeConfig
-) -> LogisticRegression:
-    clf = LogisticRegression(C=c, max_iter=cfg.max_iter)
-    return clf.fit(features, labels)
-
-
 def fit_probe(
     f_train: np.ndarray,
     y_train: np.ndarray,
@@ -79,21 +72,45 @@ def fit_probe(
     cfg: ProbeConfig,
     seed: int = 0,
 ) -> ProbeResult:
-    """Choose C on a stratified validation split, refit on all of train, score on test."""
-    scaler = StandardScaler().fit(f_train)
-    f_train_s, f_test_s = scaler.transform(f_train), scaler.transform(f_test)
-    fit_idx, val_idx = split_stratified(y_train, cfg.val_fraction, seed)
-    best_c, best_val = cfg.c_grid[0], -1.0
-    for c in cfg.c_grid:
-        clf = _fit(f_train_s[fit_idx], y_train[fit_idx], c, cfg)
-        val_acc = float(clf.score(f_train_s[val_idx], y_train[val_idx]))
+    """Choose C on a stratified validation split, refit on all of train, score on test.
+
+    Fits run from the strongest regularisation to the weakest, each warm-started from the last;
+    features are standardised with the train split's statistics.
+    """
+    x_train = torch.from_numpy(np.ascontiguousarray(f_train, dtype=np.float32))
+    x_test = torch.from_numpy(np.ascontiguousarray(f_test, dtype=np.float32))
+    y_tr = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
+    y_te = torch.from_numpy(np.asarray(y_test, dtype=np.int64))
+    k = int(max(y_tr.max(), y_te.max())) + 1
+    stats = standardise(x_train)
+    fit_idx, val_idx = (
+        torch.from_numpy(i) for i in split_stratified(y_train, cfg.val_fraction, seed)
+    )
+    best: LinearProbe | None = None
+    best_val = -1.0
+    previous: LinearProbe | None = None
+    for c in sorted(cfg.c_grid):
+        previous = fit_linear_probe(
+            x_train[fit_idx],
+            y_tr[fit_idx],
+            k,
+            c,
+            max_iter=cfg.max_iter,
+            tol=cfg.tol,
+            init=previous,
+            stats=stats,
+        )
+        val_acc = previous.accuracy(x_train[val_idx], y_tr[val_idx])
         if val_acc > best_val:
-            best_c, best_val = c, val_acc
-    clf = _fit(f_train_s, y_train, best_c, cfg)
+            best, best_val = previous, val_acc
+    assert best is not None
+    final = fit_linear_probe(
+        x_train, y_tr, k, best.c, max_iter=cfg.max_iter, tol=cfg.tol, init=best, stats=stats
+    )
     return ProbeResult(
-        test_acc=float(clf.score(f_test_s, y_test)),
-        train_acc=float(clf.score(f_train_s, y_train)),
-        c=float(best_c),
+        test_acc=final.accuracy(x_test, y_te),
+        train_acc=final.accuracy(x_train, y_tr),
+        c=float(final.c),
         val_acc=best_val,
         n_train=len(y_train),
         n_test=len(y_test),
