@@ -48,6 +48,16 @@ _TRIAL_CONFIG = [
     pa.field("config_json", pa.string()),
 ]
 
+_GRID_COLUMNS = [
+    pa.field("eval_key", pa.string(), nullable=False),
+    pa.field("trial_key", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("arch", pa.string()),
+    pa.field("norm", pa.string()),
+    pa.field("attack", pa.string()),
+    pa.field("eps", pa.float64()),
+    pa.field("seed", pa.int64()),
+]
 SCHEMAS: dict[str, pa.Schema] = {
     "trials": pa.schema(
         [
@@ -99,14 +109,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     ),
     "fisher": pa.schema(
         [
-            pa.field("eval_key", pa.string(), nullable=False),
-            pa.field("trial_key", pa.string()),
-            pa.field("source", pa.string()),
-            pa.field("arch", pa.string()),
-            pa.field("norm", pa.string()),
-            pa.field("attack", pa.string()),
-            pa.field("eps", pa.float64()),
-            pa.field("seed", pa.int64()),
+            *_GRID_COLUMNS,
             pa.field("n_samples", pa.int64()),
             pa.field("sigma", pa.float64()),
             pa.field("layer", pa.string()),
@@ -124,47 +127,36 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("mlflow_run_id", pa.string()),
         ]
     ),
+    "robustness": pa.schema(
+        [
+            *_GRID_COLUMNS,
+            pa.field("eval_eps", pa.float64()),
+            pa.field("eval_attack", pa.string()),
+            pa.field("n_samples", pa.int64()),
+            pa.field("clean_acc", pa.float64()),
+            pa.field("robust_acc", pa.float64()),
+            pa.field("wall_time_s", pa.float64()),
+            pa.field("mlflow_run_id", pa.string()),
+        ]
+    ),
+    "inversion": pa.schema(
+        [
+            *_GRID_COLUMNS,
+            pa.field("variant", pa.string()),
+            pa.field("n_images", pa.int64()),
+            pa.field("steps", pa.int64()),
+            pa.field("step_size", pa.float64()),
+            pa.field("tv_weight", pa.float64()),
+            pa.field("fisher_weight", pa.float64()),
+            pa.field("psnr", pa.float64()),
+            pa.field("ssim", pa.float64()),
+            pa.field("relative_error", pa.float64()),
+            pa.field("grid_path", pa.string()),
+            pa.field("wall_time_s", pa.float64()),
+            pa.field("mlflow_run_id", pa.string()),
+        ]
+    ),
 }
-
-_GRID_COLUMNS = [
-    pa.field("eval_key", pa.string(), nullable=False),
-    pa.field("trial_key", pa.string()),
-    pa.field("source", pa.string()),
-    pa.field("arch", pa.string()),
-    pa.field("norm", pa.string()),
-    pa.field("attack", pa.string()),
-    pa.field("eps", pa.float64()),
-    pa.field("seed", pa.int64()),
-]
-SCHEMAS["robustness"] = pa.schema(
-    [
-        *_GRID_COLUMNS,
-        pa.field("eval_eps", pa.float64()),
-        pa.field("eval_attack", pa.string()),
-        pa.field("n_samples", pa.int64()),
-        pa.field("clean_acc", pa.float64()),
-        pa.field("robust_acc", pa.float64()),
-        pa.field("wall_time_s", pa.float64()),
-        pa.field("mlflow_run_id", pa.string()),
-    ]
-)
-SCHEMAS["inversion"] = pa.schema(
-    [
-        *_GRID_COLUMNS,
-        pa.field("variant", pa.string()),
-        pa.field("n_images", pa.int64()),
-        pa.field("steps", pa.int64()),
-        pa.field("step_size", pa.float64()),
-        pa.field("tv_weight", pa.float64()),
-        pa.field("fisher_weight", pa.float64()),
-        pa.field("psnr", pa.float64()),
-        pa.field("ssim", pa.float64()),
-        pa.field("relative_error", pa.float64()),
-        pa.field("grid_path", pa.string()),
-        pa.field("wall_time_s", pa.float64()),
-        pa.field("mlflow_run_id", pa.string()),
-    ]
-)
 
 KEYS: dict[str, tuple[str, ...]] = {
     "trials": ("trial_key",),
