@@ -61,6 +61,11 @@ def check_data(spec: SweepSpec, load: LoadRequest) -> None:
         check_available(name, load)
 
 
+def earlier_attempts(ray_dir: Path, trial_key: str) -> list[str]:
+    """Folders of earlier attempts at a trial (whose checkpoints a new attempt resumes from)."""
+    return sorted(str(p) for p in ray_dir.glob(f"{trial_key}*") if p.is_dir())
+
+
 def describe_trial(cfg: TrainConfig) -> str:
     """A readable one-line name of a grid cell."""
     return (
@@ -468,6 +473,7 @@ class Study:
 
     # ----- trials ---------------------------------------------------------------------------
     def record_epoch(self, cfg: TrainConfig, result: dict[str, Any]) -> None:
+        """Buffer one epoch's row and metrics (written at the next flush)."""
         epoch = int(result["epoch"])
         metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
         self.mlflow.log_metrics(self.trial_run(cfg), metrics, step=epoch)
@@ -484,6 +490,18 @@ class Study:
         )
         self.last_results[cfg.key] = result
 
+    def recover_epochs(self, cfg: TrainConfig, checkpoint: str) -> list[dict[str, Any]]:
+        """Epochs in the final checkpoint's history that no table holds yet (their reports
+        were lost with an earlier driver) are recorded now; returns the whole history."""
+        manifest = json.loads((Path(checkpoint) / "manifest.json").read_text())
+        history: list[dict[str, Any]] = manifest.get("history", [])
+        buffered = {row["epoch"] for row in self.epoch_buffer if row["trial_key"] == cfg.key}
+        for metrics in history:
+            epoch = int(metrics["epoch"])
+            if not self.parquet.has("epochs", cfg.key, epoch) and epoch not in buffered:
+                self.record_epoch(cfg, metrics)
+        return history
+
     def flush(self) -> None:
         if self.epoch_buffer:
             self.parquet.append("epochs", self.epoch_buffer)
@@ -493,11 +511,12 @@ class Study:
 
     def record_trial_done(self, cfg: TrainConfig, checkpoint: str | None) -> None:
         run_id = self.trial_run(cfg)
-        result = self.last_results.get(cfg.key, {})
-        self.flush()
         if checkpoint is None:
             self.record_trial_failure(cfg, "finished without a checkpoint")
             return
+        history = self.recover_epochs(cfg, checkpoint)
+        result = {**(history[-1] if history else {}), **self.last_results.get(cfg.key, {})}
+        self.flush()
         row = {
             **trial_config_row(cfg, self.spec.name),
             "train_loss": result.get("train/loss"),
@@ -542,6 +561,9 @@ class Study:
         self.epoch_buffer: list[dict[str, Any]] = []
         self.last_results: dict[str, dict[str, Any]] = {}
         self.last_flush = time.monotonic()
+        orphaned = self.mlflow.end_orphaned_runs()
+        if orphaned:
+            self.say(f"marked {orphaned} MLflow runs KILLED: left RUNNING by an earlier driver")
         self.start_parent_run(spec_path)
 
         todo: list[TrainConfig] = []
@@ -574,6 +596,8 @@ class Study:
         if todo:
             by_key = {cfg.key: cfg for cfg in todo}
             res = self.spec.resources
+            ray_dir = self.results_dir / "ray" / self.spec.name
+            attempt = time.strftime("%Y%m%d-%H%M%S")
             trainable = tune.with_resources(
                 train_trial, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
             )
@@ -581,7 +605,14 @@ class Study:
                 trainable,
                 param_space={
                     "train": tune.grid_search(
-                        [{"trial_key": c.key, "config": to_canonical(asdict(c))} for c in todo]
+                        [
+                            {
+                                "trial_key": c.key,
+                                "config": to_canonical(asdict(c)),
+                                "resume_dirs": earlier_attempts(ray_dir, c.key),
+                            }
+                            for c in todo
+                        ]
                     ),
                     "load": asdict(self.load),
                     "run_options": asdict(self.spec.training.run_options()),
@@ -589,7 +620,9 @@ class Study:
                 tune_config=tune.TuneConfig(
                     reuse_actors=True,
                     max_concurrent_trials=res.max_concurrent_trials,
-                    trial_dirname_creator=lambda t: str(t.config["train"]["trial_key"]),
+                    # One folder per attempt at a trial: a re-run never writes into the
+                    # checkpoints of an earlier attempt, which it may resume from.
+                    trial_dirname_creator=lambda t: f"{t.config['train']['trial_key']}-{attempt}",
                     trial_name_creator=lambda t: describe_trial(
                         by_key[t.config["train"]["trial_key"]]
                     ),

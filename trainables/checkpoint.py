@@ -66,8 +66,14 @@ def save_checkpoint(
     *,
     epoch: int,
     config: dict[str, Any],
+    history: list[dict[str, float]] | None = None,
 ) -> Path:
-    """Write weights, optimiser state and a checksummed manifest; the manifest goes last."""
+    """Write weights, optimiser state and a checksummed manifest; the manifest goes last.
+
+    history holds the metrics of every epoch so far, so that the results of epochs whose
+    reports were lost (a driver killed before it wrote them) can be recovered from the
+    checkpoint.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(directory / MODEL_FILE))
@@ -79,6 +85,7 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "epoch": epoch,
         "config": config,
+        "history": history or [],
         "files": {name: sha256_file(directory / name) for name in files},
     }
     tmp = directory / (MANIFEST + ".tmp")
@@ -107,10 +114,42 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Verify and load weights (and optimiser state when given) in place; returns the manifest."""
     manifest = read_manifest(directory)
-    device = next(model.parameters()).device
-    model.load_state_dict(load_file(str(directory / MODEL_FILE), device=str(device)))
+    device = str(next(model.parameters()).device)
+    model.load_state_dict(_load_tensors(directory / MODEL_FILE, device))
     if optimizer is not None and OPTIM_FILE in manifest["files"]:
-        restore_optimizer_state(
-            optimizer, load_file(str(directory / OPTIM_FILE), device=str(device))
-        )
+        restore_optimizer_state(optimizer, _load_tensors(directory / OPTIM_FILE, device))
     return manifest
+
+
+def _load_tensors(path: Path, device: str) -> dict[str, torch.Tensor]:
+    """safetensors only: a file that is not one (a planted pickle) is refused, never executed."""
+    try:
+        return load_file(str(path), device=device)
+    except Exception as exc:  # safetensors raises its own error types for malformed files
+        raise CheckpointError(
+            f"checkpoint file {path} is not a valid safetensors file ({exc})"
+        ) from exc
+
+
+def checkpoint_epoch(directory: Path) -> int:
+    """The epoch a checkpoint directory holds, from its manifest (-1 when unreadable)."""
+    try:
+        return int(json.loads((directory / MANIFEST).read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def find_latest_valid_checkpoint(trial_dirs: list[Path]) -> tuple[Path | None, list[str]]:
+    """The checkpoint with the highest epoch among trial_dirs/checkpoint_* that passes its
+    checksums, and a warning for every newer one that did not (naming the bad file)."""
+    candidates = [c for d in trial_dirs if d.is_dir() for c in d.glob("checkpoint_*") if c.is_dir()]
+    candidates.sort(key=lambda c: (checkpoint_epoch(c), c.name), reverse=True)
+    warnings: list[str] = []
+    for candidate in candidates:
+        try:
+            read_manifest(candidate)
+        except CheckpointError as exc:
+            warnings.append(f"skipping checkpoint {candidate}: {exc}")
+            continue
+        return candidate, warnings
+    return None, warnings

@@ -225,9 +225,11 @@ def run_training(
     model = setup.prepare_model(model)
     optimizer = build_optimizer(model, cfg.optim)
     start_epoch = 0
+    history: list[dict[str, float]] = []
     if resume_from is not None:
         manifest = load_checkpoint(Path(resume_from), model, optimizer)
         start_epoch = int(manifest["epoch"]) + 1
+        history = list(manifest.get("history", []))
     batch = cfg.optim.batch_size
     n_train = len(splits.train)
     steps_per_epoch = max(1, math.ceil(n_train / batch))
@@ -305,10 +307,18 @@ def run_training(
             "time/train_s": train_time,
             "time/epoch_s": time.perf_counter() - t0,
             "throughput/train_img_s": seen / max(train_time, 1e-9),
+            # The epoch this process started from: > 0 when it resumed from a checkpoint.
+            "trial/start_epoch": float(start_epoch),
         }
+        history.append(metrics)
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
             ckpt = save_checkpoint(
-                Path(tmp) / "checkpoint", model, optimizer, epoch=epoch, config=config_json
+                Path(tmp) / "checkpoint",
+                model,
+                optimizer,
+                epoch=epoch,
+                config=config_json,
+                history=history,
             )
             reporter.report(metrics, ckpt)
     return model

@@ -7,6 +7,7 @@ as the CPUs Ray allotted it, so concurrent trials never oversubscribe the cores.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,13 @@ import ray
 import torch
 from ray import tune
 
+from trainables.checkpoint import find_latest_valid_checkpoint
 from trainables.config import RunOptions, train_config_from_dict
 from trainables.data import LoadRequest, build_dataset
 from trainables.evals import EvalTask, run_evaluation
 from trainables.training import run_training
+
+logger = logging.getLogger(__name__)
 
 
 class TuneReporter:
@@ -41,26 +45,34 @@ def configure_worker() -> torch.device:
     return torch.device("cpu")
 
 
+def find_resume_checkpoint(config: dict[str, Any]) -> Path | None:
+    """The newest checkpoint of this trial that passes its checksums, or None.
+
+    Looked for in the trial's own folder (Tune's checkpoint after a worker failure) and in the
+    folders of earlier attempts at the same trial_key (a study re-run after its driver died).
+    A corrupted newer checkpoint is skipped with a warning naming the bad file.
+    """
+    dirs: list[Path] = []
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        dirs.append(Path(checkpoint.path).parent)
+    dirs += [Path(d) for d in config["train"].get("resume_dirs", [])]
+    found, problems = find_latest_valid_checkpoint(dirs)
+    for problem in problems:
+        logger.warning(problem)
+        print(f"WARNING: {problem}", file=sys.stderr, flush=True)
+    return found
+
+
 def train_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable: train one grid cell, resuming from Tune's checkpoint if any."""
+    """Tune function trainable: train one grid cell, resuming from its newest valid checkpoint."""
     device = configure_worker()
     cfg = train_config_from_dict(config["train"]["config"])
     load = LoadRequest(**config.get("load", {}))
     options = RunOptions(**config.get("run_options", {}))
     splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        run_training(cfg, splits, TuneReporter(), device=device, options=options)
-        return
-    with checkpoint.as_directory() as resume_dir:
-        run_training(
-            cfg,
-            splits,
-            TuneReporter(),
-            device=device,
-            resume_from=Path(resume_dir),
-            options=options,
-        )
+    resume = find_resume_checkpoint(config)
+    run_training(cfg, splits, TuneReporter(), device=device, resume_from=resume, options=options)
 
 
 def run_eval_task(task: EvalTask) -> dict[str, Any]:

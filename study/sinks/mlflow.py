@@ -57,6 +57,7 @@ class MlflowSink:
     def _index_runs(self) -> dict[str, str]:
         """key tag -> run id of every run of this experiment that carries one."""
         index: dict[str, str] = {}
+        self.running_at_start: list[str] = []
         token = None
         while True:
             page = self.client.search_runs([self.experiment_id], max_results=1000, page_token=token)
@@ -64,6 +65,8 @@ class MlflowSink:
                 key = run.data.tags.get(KEY_TAG)
                 if key:
                     index.setdefault(key, run.info.run_id)
+                    if run.info.status == "RUNNING":
+                        self.running_at_start.append(run.info.run_id)
             token = page.token
             if not token:
                 return index
@@ -94,6 +97,15 @@ class MlflowSink:
         else:
             self.client.update_run(run_id, status="RUNNING")
         return run_id
+
+    def end_orphaned_runs(self) -> int:
+        """Mark KILLED the runs left RUNNING by a driver that died (this sink is the study's
+        single writer, so nothing else is running them); work that resumes reopens its run."""
+        for run_id in self.running_at_start:
+            self.client.set_terminated(run_id, status="KILLED")
+        count = len(self.running_at_start)
+        self.running_at_start = []
+        return count
 
     def has_run(self, key: str) -> bool:
         return key in self._runs_by_key
