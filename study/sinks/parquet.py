@@ -194,19 +194,36 @@ def write_part_atomically(folder: Path, table: pa.Table) -> Path:
     return folder / name
 
 
-def conform(part: pa.Table, schema: pa.Schema) -> pa.Table:
-    """A part in the current schema: columns an older schema version lacks are filled with nulls."""
-    columns = [
-        part.column(f.name) if f.name in part.column_names else pa.nulls(part.num_rows, f.type)
-        for f in schema
-    ]
+class SchemaConflictError(TypeError):
+    """A part whose column has a type the current schema cannot take."""
+
+
+def conform(part: pa.Table, schema: pa.Schema, source: str = "a part") -> pa.Table:
+    """A part in the current schema: columns an older schema version lacks are filled with
+    nulls; a column whose type conflicts with the schema is an error naming it."""
+    columns = []
+    for f in schema:
+        if f.name not in part.column_names:
+            columns.append(pa.nulls(part.num_rows, f.type))
+            continue
+        column = part.column(f.name)
+        if column.type != f.type:
+            try:
+                column = column.cast(f.type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise SchemaConflictError(
+                    f"{source}: column {f.name!r} is {column.type} but the schema says {f.type}: "
+                    "the file was written by another program or a conflicting version; move it "
+                    "out of the table folder"
+                ) from exc
+        columns.append(column)
     return pa.Table.from_arrays(columns, schema=schema)
 
 
 def read_table(folder: Path, table: str) -> pa.Table:
     """All completed parts of a table, in its current schema (an empty table if none)."""
     schema = schema_with_metadata(table)
-    parts = [conform(pq.read_table(p), schema) for p in part_files(folder)]
+    parts = [conform(pq.read_table(p), schema, str(p)) for p in part_files(folder)]
     if not parts:
         return schema.empty_table()
     return pa.concat_tables(parts)

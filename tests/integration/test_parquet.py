@@ -112,3 +112,41 @@ def test_unknown_column_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="acc_typo"):
         sink.append("epochs", [{"trial_key": "a", "epoch": 0, "acc_typo": 1.0}])
     assert not sink.has("epochs", "a", 0)
+
+
+def test_an_older_schema_version_reads_with_nulls_in_new_columns(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from study.sinks.parquet import write_part_atomically
+
+    ParquetSink(tmp_path)
+    old = pa.table({"trial_key": ["a"], "epoch": [0], "train_loss": [1.5]})  # a v1-like part
+    write_part_atomically(tmp_path / "epochs", old)
+    rows = read_table(tmp_path / "epochs", "epochs").to_pylist()
+    assert rows == [
+        {
+            "trial_key": "a",
+            "epoch": 0,
+            "train_loss": 1.5,
+            "train_acc": None,
+            "test_acc_clean": None,
+            "test_acc_pgd": None,
+            "epoch_time_s": None,
+        }
+    ]
+    assert ParquetSink(tmp_path).has("epochs", "a", 0)
+
+
+def test_a_conflicting_column_type_is_a_clear_error(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from study.sinks.parquet import SchemaConflictError, write_part_atomically
+
+    ParquetSink(tmp_path)
+    bad = pa.table({"trial_key": ["a"], "epoch": ["zero"]})
+    path = write_part_atomically(tmp_path / "epochs", bad)
+    with pytest.raises(
+        SchemaConflictError, match=r"'epoch' is string but the schema says int64"
+    ) as err:
+        read_table(tmp_path / "epochs", "epochs")
+    assert path.name in str(err.value)
