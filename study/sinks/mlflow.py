@@ -3,18 +3,23 @@
 One parent run per study, one nested run per training trial (its config as params, per-epoch
 metrics, tag trial_key) and one nested run per evaluation under its trial. Runs are found again
 by their key tag, so running a study twice reuses its runs instead of creating new ones. Metrics
-are buffered and sent with log_batch: one call per flush, not one per value.
+are buffered and sent with log_batch: one call per flush, not one per value. A tracking server
+that goes away is waited for (each call retried with backoff), so an outage delays logging but
+neither fails a trial nor loses a parquet row; logging catches up when the server returns.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -37,11 +42,77 @@ def flatten_params(prefix: str, value: Any) -> dict[str, str]:
     return {prefix: text[:_MAX_PARAM_LEN]}
 
 
+# Errors that mean "the request was wrong", not "the server is unreachable": never retried.
+_PERMANENT = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_ALREADY_EXISTS",
+    "RESOURCE_DOES_NOT_EXIST",
+    "BAD_REQUEST",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+}
+
+
+class RetryingClient:
+    """An MlflowClient whose calls wait for an unreachable tracking server (up to patience s)."""
+
+    def __init__(self, client: MlflowClient, patience_s: float, say: Callable[[str], None]):
+        self._client = client
+        self._patience_s = patience_s
+        self._say = say
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            deadline = time.monotonic() + self._patience_s
+            delay, warned = 0.5, False
+            while True:
+                try:
+                    return method(*args, **kwargs)
+                except MlflowException as exc:
+                    if exc.error_code in _PERMANENT or time.monotonic() > deadline:
+                        raise
+                    problem: BaseException = exc
+                except (
+                    OSError
+                ) as exc:  # connection refused or reset (requests' errors are OSErrors)
+                    if time.monotonic() > deadline:
+                        raise
+                    problem = exc
+                if not warned:
+                    first = str(problem).strip().splitlines()[0][:200] if str(problem) else ""
+                    self._say(
+                        f"MLflow unreachable ({type(problem).__name__}: {first}); "
+                        f"retrying for up to {self._patience_s:.0f} s"
+                    )
+                    warned = True
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+        return call
+
+
+def _warn(message: str) -> None:
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+
 class MlflowSink:
     """The single MLflow writer of a study."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_location: Path) -> None:
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        artifact_location: Path,
+        patience_s: float = 1800.0,
+    ) -> None:
+        # Fail each HTTP attempt fast; the RetryingClient does the waiting, with a message.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        self.client = RetryingClient(MlflowClient(tracking_uri=tracking_uri), patience_s, _warn)
         self.tracking_uri = tracking_uri
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
