@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,6 +68,66 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if summary.failures else 0
 
 
+SUBMIT_EXCLUDES = [".venv", ".git", "results", "data", "mlruns", "*.parquet", "*.safetensors"]
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Send `study run SPEC --address auto` to a cluster as a Ray job (the Jobs SDK)."""
+    spec = load_spec(args.spec)
+    from ray.job_submission import JobSubmissionClient
+
+    spec_path = Path(args.spec).resolve()
+    try:
+        relative = spec_path.relative_to(Path.cwd())
+    except ValueError as exc:
+        raise SpecError(
+            f"spec {str(spec_path)!r} is outside the working directory {Path.cwd()} that is "
+            "uploaded with the job: run study submit from the folder that holds it"
+        ) from exc
+    client = JobSubmissionClient(args.address)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            job_id = client.submit_job(
+                entrypoint=f"study run {shlex.quote(str(relative))} --address auto",
+                runtime_env={"working_dir": ".", "excludes": SUBMIT_EXCLUDES},
+                metadata={
+                    "atsweep.study": spec.name,
+                    "atsweep.results_dir": str(spec.results_dir()),
+                },
+            )
+            break
+        except RuntimeError as exc:
+            # A cluster that has just started has no job agent for a few seconds.
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+    print(job_id)
+    print(f"follow it: ray job logs --address {args.address} --follow {job_id}")
+    print(f"progress:  study status {args.spec} --address {args.address}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """A study's progress from its tables, and its Ray jobs when --address is given."""
+    from study.status import format_status, study_status
+
+    spec = load_spec(args.spec)
+    print(format_status(study_status(spec)))
+    if args.address:
+        from ray.job_submission import JobSubmissionClient
+
+        client = JobSubmissionClient(args.address)
+        jobs = [
+            j for j in client.list_jobs() if (j.metadata or {}).get("atsweep.study") == spec.name
+        ]
+        for job in sorted(jobs, key=lambda j: j.start_time or 0):
+            print(f"job {job.submission_id}: {job.status}  {job.message or ''}".rstrip())
+        if not jobs:
+            print(f"no Ray job of study {spec.name} on {args.address}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis import format_tradeoff, tradeoff_table
 
@@ -98,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", default=None, help="Ray cluster address (default: start a local Ray)"
     )
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("submit", help="send a study to a Ray cluster as a job")
+    p.add_argument("spec")
+    p.add_argument("--address", required=True, help="the cluster's dashboard, http://HEAD:8265")
+    p.set_defaults(func=cmd_submit)
+    p = sub.add_parser("status", help="trials and evaluations done, and the study's Ray jobs")
+    p.add_argument("spec")
+    p.add_argument("--address", default=None, help="the cluster's dashboard, http://HEAD:8265")
+    p.set_defaults(func=cmd_status)
     p = sub.add_parser("report", help="print the trade-off table of a results folder")
     p.add_argument("results_dir")
     p.set_defaults(func=cmd_report)

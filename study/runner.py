@@ -526,6 +526,7 @@ class Study:
             "epochs_completed": int(result.get("epoch", -1)) + 1,
             "train_time_s": result.get("time_total_s"),
             "checkpoint_path": checkpoint,
+            "node_id": result.get("node_id"),
             "mlflow_run_id": run_id,
             "completed_at": datetime.now(timezone.utc),
         }

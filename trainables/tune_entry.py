@@ -30,7 +30,9 @@ class TuneReporter:
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
+        # Which Ray node trained it: kept in the trials table.
+        node = ray.get_runtime_context().get_node_id()
+        tune.report({**metrics, "node_id": node}, checkpoint=checkpoint)
 
 
 def configure_worker() -> torch.device:

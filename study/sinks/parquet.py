@@ -69,6 +69,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("epochs_completed", pa.int64()),
             pa.field("train_time_s", pa.float64()),
             pa.field("checkpoint_path", pa.string()),
+            pa.field("node_id", pa.string()),
             pa.field("mlflow_run_id", pa.string()),
             pa.field("completed_at", pa.timestamp("ms", tz="UTC")),
         ]

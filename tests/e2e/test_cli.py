@@ -123,6 +123,13 @@ def test_report_prints_the_tradeoff_table(smoke) -> None:  # type: ignore[no-unt
     assert any(line.split()[4] == "0.5" for line in lines[2:])
 
 
+def test_status_counts_the_trials_and_rows_in_the_tables(smoke) -> None:  # type: ignore[no-untyped-def]
+    path, _, _ = smoke
+    out = run_study("status", str(path), cwd=path.parent)
+    assert out.returncode == 0, out.stderr
+    assert "trials done" in out.stdout and "fisher: " in out.stdout
+
+
 def test_report_on_a_folder_without_tables_exits_2(tmp_path: Path) -> None:
     out = run_study("report", str(tmp_path), cwd=tmp_path)
     assert out.returncode == 2 and "no tables/ folder" in out.stderr
