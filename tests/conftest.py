@@ -61,11 +61,9 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen) -> None:
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 (SQLite store), stopped by its PID."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
+def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:port with a SQLite store in root, once it listens."""
+    log = (root / f"server-{time.time_ns()}.log").open("w")
     cmd = [
         str(BIN / "mlflow"),
         "server",
@@ -80,18 +78,30 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--workers",
         "1",
     ]
-    log = (root / "server.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for_port(port, 120, proc)
+    return proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """Stop a server started in its own session, by its PID (SIGTERM, then SIGKILL)."""
+    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        wait_for_port(port, 90, proc)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 (SQLite store), stopped by its PID."""
+    port = free_port()
+    proc = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), port)
+    try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")

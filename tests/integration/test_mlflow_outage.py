@@ -14,46 +14,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import BIN, free_port, wait_for_port
+from tests.conftest import free_port, start_mlflow_server, stop_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STUDY = str(Path(sys.executable).parent / "study")
 
 
-def start_server(root: Path, port: int) -> subprocess.Popen:
-    log = (root / f"server-{time.time_ns()}.log").open("w")
-    cmd = [
-        str(BIN / "mlflow"),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--workers",
-        "1",
-    ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_for_port(port, 120, proc)
-    return proc
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def test_a_20_second_outage_loses_nothing_and_logging_catches_up(tmp_path: Path) -> None:
     port = free_port()
-    server = start_server(tmp_path, port)
+    server = start_mlflow_server(tmp_path, port)
     uri = f"http://127.0.0.1:{port}"
     spec = yaml.safe_load((Path(__file__).parents[2] / "sweeps" / "smoke.yaml").read_text())
     spec["training"]["epochs"] = 4
@@ -78,7 +48,7 @@ def test_a_20_second_outage_loses_nothing_and_logging_catches_up(tmp_path: Path)
         stop_server(server)
         time.sleep(20)
         assert study.poll() is None, "the study must wait for the server, not fail"
-        server = start_server(tmp_path, port)
+        server = start_mlflow_server(tmp_path, port)
         out, _ = study.communicate(timeout=600)
         assert study.returncode == 0, out[-3000:]
         assert "MLflow unreachable" in out
