@@ -34,8 +34,18 @@ def _print_trials(spec: SweepSpec) -> None:
     print(f"results: {spec.results_dir()}   MLflow: {spec.tracking_uri()}")
 
 
+def check_cluster(spec: SweepSpec, cluster: str | None) -> None:
+    """With --cluster, reject resource requests that no node type of that cluster.yaml holds."""
+    if cluster:
+        from study.resources import check_resources, node_types_from_yaml
+
+        check_resources(spec.resources, node_types_from_yaml(cluster), cluster)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    _print_trials(load_spec(args.spec))
+    spec = load_spec(args.spec)
+    check_cluster(spec, args.cluster)
+    _print_trials(spec)
     return 0
 
 
@@ -74,6 +84,7 @@ SUBMIT_EXCLUDES = [".venv", ".git", "results", "data", "mlruns", "*.parquet", "*
 def cmd_submit(args: argparse.Namespace) -> int:
     """Send `study run SPEC --address auto` to a cluster as a Ray job (the Jobs SDK)."""
     spec = load_spec(args.spec)
+    check_cluster(spec, args.cluster)
     from ray.job_submission import JobSubmissionClient
 
     spec_path = Path(args.spec).resolve()
@@ -150,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate", help="check a spec and print its expanded trials")
     p.add_argument("spec")
+    p.add_argument("--cluster", help="a cluster.yaml whose node types must fit the requests")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser(
         "run", help="run a study (resumes: cached trials and evaluations are skipped)"
@@ -162,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="send a study to a Ray cluster as a job")
     p.add_argument("spec")
     p.add_argument("--address", required=True, help="the cluster's dashboard, http://HEAD:8265")
+    p.add_argument("--cluster", help="the cluster.yaml: check the requests before sending")
     p.set_defaults(func=cmd_submit)
     p = sub.add_parser("status", help="trials and evaluations done, and the study's Ray jobs")
     p.add_argument("spec")

@@ -23,6 +23,7 @@ from typing import Any
 from study.sinks.mlflow import MlflowSink
 from study.sinks.parquet import ParquetSink, read_table
 from study.spec import (
+    SpecError,
     SweepSpec,
     finetune_key,
     fisher_key,
@@ -329,6 +330,7 @@ class Study:
 
         options = {
             "num_cpus": self.spec.resources.cpus_per_eval,
+            "num_gpus": self.spec.resources.gpus_per_eval,
             "max_retries": self.spec.resources.max_failures,
             "retry_exceptions": True,
         }
@@ -551,6 +553,19 @@ class Study:
         self.summary.failures.append(f"trial {describe_trial(cfg)}: {why}")
         self.say(f"  FAILED trial {describe_trial(cfg)}: {why}")
 
+    def check_cluster_fits(self, address: str | None) -> None:
+        """A request no node can hold would wait forever: end the study run with the error."""
+        from study.resources import check_resources, node_types_from_ray
+
+        where = "the local Ray on this machine" if address is None else "the Ray cluster"
+        try:
+            check_resources(self.spec.resources, node_types_from_ray(), where)
+        except SpecError as exc:
+            self.mlflow.set_tags(self.parent_run_id, {"error": str(exc)})
+            self.mlflow.end_run(self.parent_run_id, "FAILED")
+            self.flush()
+            raise
+
     # ----- the whole study ------------------------------------------------------------------
     def run(self, address: str | None = None, spec_path: Path | None = None) -> StudySummary:
         import ray
@@ -590,6 +605,7 @@ class Study:
         )
         if (todo or evals) and not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, logging_level="ERROR")
+            self.check_cluster_fits(address)
             # The ResultGrid looks for Tune's own result files, which the sinks replace.
             logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         self.submit(evals)
@@ -619,7 +635,7 @@ class Study:
                     "run_options": asdict(self.spec.training.run_options()),
                 },
                 tune_config=tune.TuneConfig(
-                    reuse_actors=True,
+                    reuse_actors=res.reuse_actors,
                     max_concurrent_trials=res.max_concurrent_trials,
                     # One folder per attempt at a trial: a re-run never writes into the
                     # checkpoints of an earlier attempt, which it may resume from.

@@ -538,13 +538,38 @@ class OutputSpec(StrictModel):
 
 
 class ResourcesSpec(StrictModel):
-    """Ray resources of each training trial and each evaluation task."""
+    """Ray resources of each training trial and each evaluation task.
+
+    GPUs may be fractional below one (gpus_per_trial: 0.25 packs four small models on a GPU);
+    above one they must be whole. A request that no node type of the cluster can hold is an
+    error before anything runs (checked against the live cluster, or a cluster.yaml).
+    """
 
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
     cpus_per_eval: float = Field(1.0, gt=0)
+    gpus_per_eval: float = Field(0.0, ge=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(2, ge=0)
+    reuse_actors: bool = True
+
+    @field_validator("gpus_per_trial", "gpus_per_eval")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and not float(value).is_integer():
+            raise spec_error(
+                "fractional_gpus",
+                "Ray shares a GPU in fractions of one only: use a value <= 1 (e.g. 0.5) or a "
+                "whole number of GPUs",
+            )
+        return value
+
+    def requests(self) -> dict[str, tuple[float, float]]:
+        """(CPUs, GPUs) of one trial and of one evaluation, by the prefix of their fields."""
+        return {
+            "trial": (self.cpus_per_trial, self.gpus_per_trial),
+            "eval": (self.cpus_per_eval, self.gpus_per_eval),
+        }
 
 
 class SweepSpec(StrictModel):

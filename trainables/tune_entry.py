@@ -78,9 +78,8 @@ def train_trial(config: dict[str, Any]) -> None:
 
 
 def run_eval_task(task: EvalTask) -> dict[str, Any]:
-    """One evaluation in a Ray task, with threads set to the task's CPUs."""
-    configure_worker()
-    return run_evaluation(task)
+    """One evaluation in a Ray task: threads set to the task's CPUs, on its GPU if it has one."""
+    return run_evaluation(task, configure_worker())
 
 
 evaluate_remote = ray.remote(run_eval_task)

@@ -114,6 +114,42 @@ def test_extending_the_grid_runs_only_the_new_cell(smoke) -> None:  # type: igno
     assert not t["trials"]["trial_key"].duplicated().any()
 
 
+def test_extending_the_targets_runs_only_the_new_evaluations(smoke) -> None:  # type: ignore[no-untyped-def]
+    path, results, _ = smoke
+    spec = yaml.safe_load(path.read_text())
+    spec["evaluations"]["transfer"]["targets"].append({"dataset": "digits", "classes": [0, 1, 2]})
+    extended = path.parent / "more_targets.yaml"
+    extended.write_text(yaml.safe_dump(spec))
+    before = tables(results)
+    out = run_study("run", str(extended), cwd=path.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "0 to run" in out.stdout
+    after = tables(results)
+    new = after["transfer"][~after["transfer"]["eval_key"].isin(before["transfer"]["eval_key"])]
+    trials = len(spec["grid"]["eps"])  # the networks of this spec's grid
+    # One probe per trained network, one random-init and one raw-pixel baseline: all new target.
+    assert set(new["target"]) == {"digits-c012"}
+    kinds = new["kind"].value_counts().to_dict()
+    assert kinds == {"probe": trials, "random_init": 1, "raw_pixels": 1}
+    for name in ("trials", "epochs", "fisher", "robustness", "inversion"):
+        assert len(after[name]) == len(before[name]), name
+
+
+def test_a_gpu_request_no_local_node_holds_exits_2_before_training(tmp_path: Path) -> None:
+    spec = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
+    spec["resources"] = {"gpus_per_trial": 64}
+    spec["output"] = {"results_dir": str(tmp_path / "results")}
+    path = tmp_path / "gpus.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = run_study("run", str(path), cwd=tmp_path)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "resources.gpus_per_trial = 64: larger than any node of the local Ray" in out.stderr
+    assert len(pd.read_parquet(tmp_path / "results" / "tables" / "trials")) == 0
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["smoke"])
+    assert list(runs["status"]) == ["FAILED"] and "gpus_per_trial" in runs["tags.error"].item()
+
+
 def test_report_prints_the_tradeoff_table(smoke) -> None:  # type: ignore[no-untyped-def]
     _, results, _ = smoke
     out = run_study("report", str(results), cwd=results)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import ListReporter
 from trainables.config import (
@@ -48,8 +49,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConfig, Path
     return cfg, rep.checkpoints[-1]
 
 
-def test_every_kind_runs_from_a_checkpoint(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cfg, ckpt = trained
+def every_task(cfg: TrainConfig, ckpt: Path, tmp_path: Path) -> dict[str, EvalTask]:
+    """One task of each evaluation kind on the trained network."""
     probe = ProbeConfig(c_grid=(0.1, 1.0))
     tasks = {
         "transfer": EvalTask(
@@ -94,7 +95,10 @@ def test_every_kind_runs_from_a_checkpoint(trained, tmp_path: Path) -> None:  # 
         ),
     }
     assert set(tasks) == set(EVAL_KINDS)
-    out = {kind: run_evaluation(task) for kind, task in tasks.items()}
+    return tasks
+
+
+def check_results(out: dict[str, dict]) -> None:
     for result in out.values():
         assert result["wall_time_s"] > 0
     for kind in ("transfer", "random_init", "raw_pixels", "finetune"):
@@ -107,6 +111,21 @@ def test_every_kind_runs_from_a_checkpoint(trained, tmp_path: Path) -> None:  # 
     assert 0 <= rob["robust_acc"] <= rob["clean_acc"] <= 1 and rob["eval_attack"] == "pgd5"
     inv = out["inversion"]
     assert inv["n_images"] == 3 and Path(inv["grid_path"]).is_file() and inv["psnr"] > 0
+
+
+def test_every_kind_runs_from_a_checkpoint(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg, ckpt = trained
+    tasks = every_task(cfg, ckpt, tmp_path)
+    check_results({kind: run_evaluation(task) for kind, task in tasks.items()})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_every_kind_runs_on_cuda(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An evaluation given a GPU (resources.gpus_per_eval) runs each kind on it."""
+    cfg, ckpt = trained
+    tasks = every_task(cfg, ckpt, tmp_path)
+    check_results({kind: run_evaluation(task, "cuda") for kind, task in tasks.items()})
 
 
 def test_unknown_kind_lists_the_choices() -> None:

@@ -43,6 +43,8 @@ from trainables.evals.robustness import compute_autoattack_accuracy, compute_rob
 from trainables.evals.transfer import ProbeResult, run_raw_pixel_probe, run_transfer
 from trainables.models import Classifier, ModelInput, build_model
 
+Device = torch.device | str
+
 
 def source_num_classes(ref: DatasetRef) -> int:
     """How many classes a source (with its class subset) has: the size of the model's head."""
@@ -64,7 +66,7 @@ def source_format(cfg: TrainConfig) -> tuple[int, int]:
 
 
 def load_trained_model(
-    cfg: TrainConfig, checkpoint_dir: Path | str, device: torch.device | str = "cpu"
+    cfg: TrainConfig, checkpoint_dir: Path | str, device: Device = "cpu"
 ) -> Classifier:
     """The trained network of a trial from its checkpoint (checksums verified), in eval mode."""
     model = build_untrained_model(cfg).to(device)
@@ -91,18 +93,23 @@ def evaluate_transfer(
     data: DataConfig,
     probe: ProbeConfig,
     load: LoadRequest = DEFAULT_LOAD,
+    device: Device = "cpu",
 ) -> dict[str, Any]:
     """Linear transfer of a trained network to one target."""
-    model = load_trained_model(cfg, checkpoint_dir)
+    model = load_trained_model(cfg, checkpoint_dir, device)
     splits = build_dataset(target, data, load.root, load.download)
     return _probe_row(run_transfer(model, splits, probe, cfg.seed, source_format(cfg)))
 
 
 def evaluate_random_init(
-    cfg: TrainConfig, target: DatasetRef, probe: ProbeConfig, load: LoadRequest = DEFAULT_LOAD
+    cfg: TrainConfig,
+    target: DatasetRef,
+    probe: ProbeConfig,
+    load: LoadRequest = DEFAULT_LOAD,
+    device: Device = "cpu",
 ) -> dict[str, Any]:
     """The random-init baseline: the same probe on an untrained network of cfg's architecture."""
-    model = build_untrained_model(cfg)
+    model = build_untrained_model(cfg).to(device)
     splits = build_dataset(target, cfg.data, load.root, load.download)
     return _probe_row(run_transfer(model, splits, probe, cfg.seed, source_format(cfg)))
 
@@ -120,15 +127,16 @@ def evaluate_fisher(
     checkpoint_dir: Path | str,
     fisher: FisherConfig,
     load: LoadRequest = DEFAULT_LOAD,
+    device: Device = "cpu",
 ) -> dict[str, Any]:
     """Input Fisher (trace, top eigenvalue) of a representation and weight Fisher traces, on the
     first num_samples source test images."""
-    model = load_trained_model(cfg, checkpoint_dir)
+    model = load_trained_model(cfg, checkpoint_dir, device)
     splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
     n = min(fisher.num_samples, len(splits.test))
-    x = splits.test.get_batch(np.arange(n))
-    y = torch.from_numpy(splits.test.targets[:n])
-    gen = torch.Generator().manual_seed(fisher.seed)
+    x = splits.test.get_batch(np.arange(n)).to(device)
+    y = torch.from_numpy(splits.test.targets[:n]).to(device)
+    gen = torch.Generator(device=device).manual_seed(fisher.seed)
     inp = compute_input_fisher(
         model,
         x,
@@ -171,9 +179,10 @@ def evaluate_robustness(
     checkpoint_dir: Path | str,
     robustness: RobustnessConfig,
     load: LoadRequest = DEFAULT_LOAD,
+    device: Device = "cpu",
 ) -> dict[str, Any]:
     """Clean and robust accuracy (PGD with restarts, or AutoAttack) on source test images."""
-    model = load_trained_model(cfg, checkpoint_dir)
+    model = load_trained_model(cfg, checkpoint_dir, device)
     splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
     n = min(robustness.num_samples, len(splits.test))
     images = SubsetImageSet(splits.test, np.arange(n), splits.test.targets[:n])
@@ -194,7 +203,7 @@ def evaluate_robustness(
             norm=cfg.norm,
             eps=robustness.eps,
             attack=robustness.attack,
-            generator=torch.Generator().manual_seed(robustness.seed),
+            generator=torch.Generator(device=device).manual_seed(robustness.seed),
         )
     return {
         "eval_eps": robustness.eps,
@@ -212,12 +221,13 @@ def evaluate_inversion(
     num_images: int,
     artifact_path: str | None,
     load: LoadRequest = DEFAULT_LOAD,
+    device: Device = "cpu",
 ) -> dict[str, Any]:
     """Reconstruct the first num_images source test images from their penultimate features."""
-    model = load_trained_model(cfg, checkpoint_dir)
+    model = load_trained_model(cfg, checkpoint_dir, device)
     splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
     n = min(num_images, len(splits.test))
-    x0 = splits.test.get_batch(np.arange(n))
+    x0 = splits.test.get_batch(np.arange(n)).to(device)
     result = run_inversion(model.features, x0, inversion)
     if artifact_path is not None:
         scale = max(1, 64 // x0.shape[-1])
@@ -242,9 +252,10 @@ def evaluate_finetune(
     data: DataConfig,
     finetune: FinetuneConfig,
     load: LoadRequest = DEFAULT_LOAD,
+    device: Device = "cpu",
 ) -> dict[str, Any]:
     """Full fine-tuning of a trained network on one target (Salman et al. 2020)."""
-    model = load_trained_model(cfg, checkpoint_dir)
+    model = load_trained_model(cfg, checkpoint_dir, device)
     splits = build_dataset(target, data, load.root, load.download)
     return run_finetune(model, splits, finetune, source_format(cfg))
 
@@ -280,33 +291,35 @@ class EvalTask:
     load: LoadRequest = field(default_factory=LoadRequest)
 
 
-def run_evaluation(task: EvalTask) -> dict[str, Any]:
-    """Run one EvalTask and return its result row (with wall_time_s)."""
+def run_evaluation(task: EvalTask, device: Device = "cpu") -> dict[str, Any]:
+    """Run one EvalTask on a device and return its result row (with wall_time_s)."""
     t0 = time.perf_counter()
     cfg, ckpt = task.train, task.checkpoint
     if task.kind == "transfer":
         assert cfg and ckpt and task.target and task.probe
-        result = evaluate_transfer(cfg, ckpt, task.target, task.data, task.probe, task.load)
+        result = evaluate_transfer(cfg, ckpt, task.target, task.data, task.probe, task.load, device)
     elif task.kind == "random_init":
         assert cfg and task.target and task.probe
-        result = evaluate_random_init(cfg, task.target, task.probe, task.load)
+        result = evaluate_random_init(cfg, task.target, task.probe, task.load, device)
     elif task.kind == "raw_pixels":
         assert task.target and task.probe
         result = evaluate_raw_pixels(task.target, task.data, task.probe, task.load)
     elif task.kind == "fisher":
         assert cfg and ckpt and task.fisher
-        result = evaluate_fisher(cfg, ckpt, task.fisher, task.load)
+        result = evaluate_fisher(cfg, ckpt, task.fisher, task.load, device)
     elif task.kind == "robustness":
         assert cfg and ckpt and task.robustness
-        result = evaluate_robustness(cfg, ckpt, task.robustness, task.load)
+        result = evaluate_robustness(cfg, ckpt, task.robustness, task.load, device)
     elif task.kind == "inversion":
         assert cfg and ckpt and task.inversion
         result = evaluate_inversion(
-            cfg, ckpt, task.inversion, task.num_images, task.artifact_path, task.load
+            cfg, ckpt, task.inversion, task.num_images, task.artifact_path, task.load, device
         )
     elif task.kind == "finetune":
         assert cfg and ckpt and task.target and task.finetune
-        result = evaluate_finetune(cfg, ckpt, task.target, task.data, task.finetune, task.load)
+        result = evaluate_finetune(
+            cfg, ckpt, task.target, task.data, task.finetune, task.load, device
+        )
     else:
         raise ValueError(f"unknown evaluation kind {task.kind!r}: choose one of {EVAL_KINDS}")
     result["wall_time_s"] = time.perf_counter() - t0
