@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,28 +26,31 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def stop_cluster(temp_dir: str) -> None:
-    """Stop every process of this cluster by PID (they all carry its temp dir in their args)."""
-    procs = []
+    """Stop every process of one node by PID: those with its temp dir in their arguments and
+    their descendants (the agents rename themselves, e.g. ray::DashboardAgent)."""
+    procs: dict[int, psutil.Process] = {}
     for p in psutil.process_iter(["cmdline"]):
         if any(temp_dir in arg for arg in (p.info["cmdline"] or [])):
-            procs.append(p)
-    for p in procs:
+            procs[p.pid] = p
+            try:
+                procs.update({c.pid: c for c in p.children(recursive=True)})
+            except psutil.NoSuchProcess:
+                continue
+    for p in procs.values():
         try:
             p.terminate()
         except psutil.NoSuchProcess:
             continue
-    _, alive = psutil.wait_procs(procs, timeout=20)
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=20)
     for p in alive:
         p.kill()
 
 
-@pytest.mark.skip(
-    reason="work in progress (issue 5): the job runs and trains on both nodes, but its driver "
-    "then fails in Tune's ExperimentAnalysis with FileNotFoundError from os.getcwd(): the "
-    "unpacked working_dir of the job disappears during the run"
-)
 def test_submit_runs_a_study_on_two_nodes_with_token_auth(tmp_path: Path) -> None:
-    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Unix socket paths are limited
+    # One temp dir per node, as on separate machines: nodes sharing one would share (and
+    # garbage-collect) each other's unpacked job working_dir. Short: socket paths are limited.
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    worker_temp_dir = tempfile.mkdtemp(prefix="rw", dir="/tmp")
     port, dashboard = free_port(), free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     ray = str(BIN / "ray")
@@ -71,7 +75,14 @@ def test_submit_runs_a_study_on_two_nodes_with_token_auth(tmp_path: Path) -> Non
             timeout=180,
         )
         subprocess.run(
-            [ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--disable-usage-stats"],
+            [
+                ray,
+                "start",
+                f"--address=127.0.0.1:{port}",
+                "--num-cpus=1",
+                f"--temp-dir={worker_temp_dir}",
+                "--disable-usage-stats",
+            ],
             env=env,
             check=True,
             capture_output=True,
@@ -86,6 +97,10 @@ def test_submit_runs_a_study_on_two_nodes_with_token_auth(tmp_path: Path) -> Non
         spec = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
         spec["evaluations"]["inversion"] = {"enabled": False}
         spec["evaluations"]["robustness"] = {"enabled": False}
+        # Each trial in a fresh worker, and no baseline task ahead of them: the two trials'
+        # placement groups take one node each, whichever trial finishes first.
+        spec["evaluations"]["transfer"]["baselines"] = False
+        spec["resources"] = {"reuse_actors": False}
         spec["output"] = {"results_dir": str(tmp_path / "results")}
         work = tmp_path / "work"
         work.mkdir()
@@ -101,23 +116,28 @@ def test_submit_runs_a_study_on_two_nodes_with_token_auth(tmp_path: Path) -> Non
         assert out.returncode == 0, out.stderr[-3000:]
         job_id = out.stdout.split()[0]
 
-        # Polled through the CLI: this process imported Ray before RAY_AUTH_MODE was set.
-        def status() -> str:
-            return subprocess.run(
-                [str(BIN / "study"), "status", "smoke.yaml", "--address", address],
-                cwd=work,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            ).stdout
-
-        deadline = time.monotonic() + 400
-        while not any(
-            f"job {job_id}: {s}" in (text := status()) for s in ("SUCCEEDED", "FAILED", "STOPPED")
+        # Polled over the REST API with the token (this process imported Ray before
+        # RAY_AUTH_MODE was set, so Ray's own client here would not send it).
+        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+        request = urllib.request.Request(
+            f"{address}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}
+        )
+        deadline = time.monotonic() + 300
+        while (state := json.load(urllib.request.urlopen(request, timeout=30))["status"]) not in (
+            "SUCCEEDED",
+            "FAILED",
+            "STOPPED",
         ):
             assert time.monotonic() < deadline, "the job did not finish in time"
-            time.sleep(3)
+            time.sleep(2)
+        text = subprocess.run(
+            [str(BIN / "study"), "status", "smoke.yaml", "--address", address],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
         logs = subprocess.run(
             [ray, "job", "logs", "--address", address, job_id],
             env=env,
@@ -125,7 +145,8 @@ def test_submit_runs_a_study_on_two_nodes_with_token_auth(tmp_path: Path) -> Non
             text=True,
             timeout=60,
         ).stdout
-        assert f"job {job_id}: SUCCEEDED" in text, logs[-3000:]
+        assert state == "SUCCEEDED", logs[-3000:]
+        assert f"job {job_id}: SUCCEEDED" in text
         assert "2/2 trials done" in text
 
         trials = pd.read_parquet(tmp_path / "results" / "tables" / "trials")
@@ -135,5 +156,7 @@ def test_submit_runs_a_study_on_two_nodes_with_token_auth(tmp_path: Path) -> Non
         runs = mlflow.search_runs(experiment_names=["smoke"])
         assert (runs["tags.atsweep.role"] == "trial").sum() == 2
     finally:
-        stop_cluster(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        for d in (worker_temp_dir, temp_dir):
+            stop_cluster(d)
+        for d in (worker_temp_dir, temp_dir):
+            shutil.rmtree(d, ignore_errors=True)
