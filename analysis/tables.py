@@ -12,27 +12,43 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 TABLES = ("trials", "epochs", "transfer", "fisher", "robustness", "inversion")
 GROUP = ["source", "arch", "norm", "attack", "eps"]
 
 
+def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """A local folder, or a URI pyarrow reads (s3://, gs://, hdfs://, file://)."""
+    if "://" in location:
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+
+
 def load_table(results_dir: str | Path, name: str) -> pd.DataFrame:
-    """One table of a study as a DataFrame (RESULTS/tables/NAME is a folder of parquet parts)."""
+    """One table of a study as a DataFrame (RESULTS/tables/NAME is a folder of parquet parts).
+
+    results_dir is a local folder or a URI such as s3://bucket/studies/NAME.
+    """
     if name not in TABLES:
         raise KeyError(f"unknown table {name!r}: choose one of {', '.join(TABLES)}")
-    tables = Path(results_dir) / "tables"
-    if not tables.is_dir():
+    fs, root = _filesystem(str(results_dir))
+    if fs.get_file_info(f"{root}/tables").type != pafs.FileType.Directory:
         raise FileNotFoundError(
-            f"no tables/ folder under {Path(results_dir)}: is this a study's results folder?"
+            f"no tables/ folder under {results_dir}: is this a study's results folder?"
         )
-    parts = sorted((tables / name).glob("part-*.parquet"))
+    selector = pafs.FileSelector(f"{root}/tables/{name}", allow_not_found=True)
+    parts = sorted(
+        info.path
+        for info in fs.get_file_info(selector)
+        if info.base_name.startswith("part-") and info.base_name.endswith(".parquet")
+    )
     if not parts:
         return pd.DataFrame()
     # Parts written by an older schema version lack newer columns: those read as nulls.
-    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
-    return table.to_pandas()
+    tables = [pq.read_table(p, filesystem=fs) for p in parts]
+    return pa.concat_tables(tables, promote_options="default").to_pandas()
 
 
 def _with_columns(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

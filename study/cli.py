@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from study.spec import SpecError, SweepSpec, load_spec
+from trainables import storage
 from trainables.data import DataMissingError
 
 
@@ -72,7 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     for failure in summary.failures:
         print(f"  failed: {failure}")
-    print(f"parquet tables: {results / 'tables'}  (pandas.read_parquet on each folder)")
+    tables = storage.join(results, "tables")
+    print(f"parquet tables: {tables}  (pandas.read_parquet on each folder)")
     print(f"MLflow: {spec.tracking_uri()}")
     print(f"  browse it: {mlflow_ui_command(spec.tracking_uri())}  then open http://127.0.0.1:5000")
     return 1 if summary.failures else 0
@@ -104,7 +106,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 runtime_env={"working_dir": ".", "excludes": SUBMIT_EXCLUDES},
                 metadata={
                     "atsweep.study": spec.name,
-                    "atsweep.results_dir": str(spec.results_dir()),
+                    "atsweep.results_dir": spec.results_dir(),
                 },
             )
             break
@@ -142,8 +144,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis import format_tradeoff, tradeoff_table
 
-    results = Path(args.results_dir)
-    if not (results / "tables").is_dir():
+    results = args.results_dir
+    if not storage.is_dir(storage.join(results, "tables")):
         raise SpecError(
             f"results_dir {str(results)!r} has no tables/ folder: pass the folder a study wrote "
             "(output.results_dir, default results/NAME)"

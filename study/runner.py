@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ from study.spec import (
     robustness_key,
     transfer_key,
 )
+from trainables import storage
 from trainables.config import TrainConfig, to_canonical, train_config_from_dict
 from trainables.data import LoadRequest
 from trainables.evals import EvalTask
@@ -62,9 +64,13 @@ def check_data(spec: SweepSpec, load: LoadRequest) -> None:
         check_available(name, load)
 
 
-def earlier_attempts(ray_dir: Path, trial_key: str) -> list[str]:
+def earlier_attempts(ray_dir: str, trial_key: str) -> list[str]:
     """Folders of earlier attempts at a trial (whose checkpoints a new attempt resumes from)."""
-    return sorted(str(p) for p in ray_dir.glob(f"{trial_key}*") if p.is_dir())
+    return [
+        storage.join(ray_dir, name)
+        for name, is_dir in storage.list_dir(ray_dir)
+        if is_dir and name.startswith(trial_key)
+    ]
 
 
 def describe_trial(cfg: TrainConfig) -> str:
@@ -153,14 +159,17 @@ class Study:
         root = str(Path(spec.data.root).expanduser().resolve()) if spec.data.root else None
         self.load = LoadRequest(root=root, download=spec.data.download)
         check_data(spec, self.load)
-        self.parquet = ParquetSink(self.results_dir / "tables")
-        self.mlflow = MlflowSink(spec.tracking_uri(), spec.name, self.results_dir / "mlartifacts")
+        self.parquet = ParquetSink(storage.join(self.results_dir, "tables"))
+        self.mlflow = MlflowSink(
+            spec.tracking_uri(), spec.name, storage.join(self.results_dir, "mlartifacts")
+        )
         self.summary = StudySummary()
         self.configs = spec.expand()
         self.summary.trials_total = len(self.configs)
         self.pending: dict[Any, PendingEval] = {}
         self.trial_runs: dict[str, str] = {}
         self.parent_run_id = ""
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
 
     # ----- MLflow hierarchy -----------------------------------------------------------------
     def start_parent_run(self, spec_path: Path | None) -> None:
@@ -170,7 +179,7 @@ class Study:
             role="study",
             parent_run_id=None,
             params=self.spec.model_dump(mode="json"),
-            tags={"results_dir": str(self.results_dir)},
+            tags={"results_dir": self.results_dir},
         )
         if spec_path is not None:
             self.mlflow.log_artifact(self.parent_run_id, spec_path)
@@ -254,7 +263,7 @@ class Study:
             n = ev.inversion.num_images
             for variant, inv in ev.inversion.configs():
                 key = inversion_key(cfg.key, inv, n)
-                path = self.results_dir / "artifacts" / "inversion" / f"{key}.png"
+                path = storage.join(self.results_dir, "artifacts", "inversion", f"{key}.png")
                 add(
                     "inversion",
                     key,
@@ -263,7 +272,7 @@ class Study:
                     kind="inversion",
                     inversion=inv,
                     num_images=n,
-                    artifact_path=str(path),
+                    artifact_path=path,
                 )
         return out
 
@@ -385,16 +394,27 @@ class Study:
         self.say(f"  eval  {ev.name:<40} {self.describe_result(ev, result)}")
 
     def eval_artifacts(self, ev: PendingEval, result: dict[str, Any]) -> list[Path]:
-        """Files logged with an evaluation's run: the inversion grid, per-layer Fisher."""
+        """Local copies of the files logged with an evaluation's run: the inversion grid, the
+        per-layer Fisher traces (written to the results folder too)."""
         if ev.task.kind == "inversion" and result.get("grid_path"):
-            path = Path(result["grid_path"])
-            return [path] if path.is_file() else []
+            try:
+                return [storage.local_copy(result["grid_path"], self.scratch())]
+            except FileNotFoundError:
+                return []
         if ev.task.kind == "fisher":
-            path = self.results_dir / "artifacts" / "fisher" / f"{ev.task.eval_key}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result["weight_trace_per_layer"], indent=2, sort_keys=True))
-            return [path]
+            location = storage.join(
+                self.results_dir, "artifacts", "fisher", f"{ev.task.eval_key}.json"
+            )
+            text = json.dumps(result["weight_trace_per_layer"], indent=2, sort_keys=True)
+            storage.write_bytes(location, text.encode())
+            return [storage.local_copy(location, self.scratch())]
         return []
+
+    def scratch(self) -> Path:
+        """A local folder for downloaded copies, removed when the study object goes."""
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="atsweep-")
+        return Path(self._scratch.name)
 
     def eval_metrics(self, ev: PendingEval, result: dict[str, Any]) -> tuple[dict[str, float], str]:
         """The evaluation's metrics (also logged on its trial's run, under the prefix)."""
@@ -495,7 +515,7 @@ class Study:
     def recover_epochs(self, cfg: TrainConfig, checkpoint: str) -> list[dict[str, Any]]:
         """Epochs in the final checkpoint's history that no table holds yet (their reports
         were lost with an earlier driver) are recorded now; returns the whole history."""
-        manifest = json.loads((Path(checkpoint) / "manifest.json").read_text())
+        manifest = json.loads(storage.read_bytes(storage.join(checkpoint, "manifest.json")))
         history: list[dict[str, Any]] = manifest.get("history", [])
         buffered = {row["epoch"] for row in self.epoch_buffer if row["trial_key"] == cfg.key}
         for metrics in history:
@@ -585,7 +605,7 @@ class Study:
         todo: list[TrainConfig] = []
         cached_rows = {
             r["trial_key"]: r
-            for r in read_table(self.parquet.tables_dir / "trials", "trials")
+            for r in read_table(storage.join(self.parquet.tables_dir, "trials"), "trials")
             .select(["trial_key", "checkpoint_path", "mlflow_run_id"])
             .to_pylist()
         }
@@ -613,7 +633,7 @@ class Study:
         if todo:
             by_key = {cfg.key: cfg for cfg in todo}
             res = self.spec.resources
-            ray_dir = self.results_dir / "ray" / self.spec.name
+            ray_dir = storage.join(self.results_dir, "ray", self.spec.name)
             attempt = time.strftime("%Y%m%d-%H%M%S")
             trainable = tune.with_resources(
                 train_trial, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
@@ -646,7 +666,7 @@ class Study:
                 ),
                 run_config=tune.RunConfig(
                     name=self.spec.name,
-                    storage_path=str(self.results_dir / "ray"),
+                    storage_path=storage.join(self.results_dir, "ray"),
                     verbose=0,
                     callbacks=[StudyCallback(self, by_key)],
                     failure_config=tune.FailureConfig(max_failures=res.max_failures),
@@ -687,7 +707,9 @@ def _make_callback_class() -> type:
             self.study.record_epoch(self._cfg(trial), result)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            checkpoint = trial.checkpoint.path if trial.checkpoint is not None else None
+            checkpoint = None
+            if trial.checkpoint is not None:
+                checkpoint = storage.to_location(trial.checkpoint.filesystem, trial.checkpoint.path)
             self.study.record_trial_done(self._cfg(trial), checkpoint)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

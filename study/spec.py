@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from trainables import storage
 from trainables.config import (
     ArchRef,
     AttackConfig,
@@ -531,10 +532,41 @@ class EvaluationsSpec(StrictModel):
 
 
 class OutputSpec(StrictModel):
-    """Where results go; relative paths are relative to the directory the command runs in."""
+    """Where results go: a local folder (relative to the directory the command runs in) or a
+    URI (s3://bucket/prefix, gs://..., any fsspec protocol) that every node of a cluster reaches.
+    A URI results_dir needs a tracking_uri: the SQLite default lives in a local results folder."""
 
     results_dir: str | None = None
     tracking_uri: str | None = None
+
+    @field_validator("results_dir")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is None or not storage.is_uri(value):
+            return value
+        import fsspec
+
+        scheme = value.split("://", 1)[0].lower()
+        if scheme not in {"s3", "gs", "gcs", "hdfs", "file", *fsspec.available_protocols()}:
+            raise spec_error(
+                "unknown_filesystem",
+                f"no filesystem for {scheme}:// URIs: use a local path, s3://, gs://, or a "
+                "protocol fsspec knows",
+            )
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _uri_needs_tracking_uri(self) -> OutputSpec:
+        if self.results_dir and storage.is_remote(self.results_dir) and not self.tracking_uri:
+            raise spec_error(
+                "missing_tracking_uri",
+                "results_dir is a URI, so the default MLflow store (a SQLite file in the results "
+                "folder) cannot be used: set output.tracking_uri too, e.g. the cluster's MLflow "
+                "server http://127.0.0.1:5000",
+                field="tracking_uri",
+                value=None,
+            )
+        return self
 
 
 class ResourcesSpec(StrictModel):
@@ -584,15 +616,18 @@ class SweepSpec(StrictModel):
     output: OutputSpec = OutputSpec()
     resources: ResourcesSpec = ResourcesSpec()
 
-    def results_dir(self) -> Path:
-        """The study's output folder (default results/NAME), absolute."""
-        return Path(self.output.results_dir or f"results/{self.name}").expanduser().resolve()
+    def results_dir(self) -> str:
+        """The study's output folder (default results/NAME): an absolute local path or a URI."""
+        location = self.output.results_dir or f"results/{self.name}"
+        if storage.is_remote(location):
+            return location
+        return storage.resolve(location)[1]  # a local path (file:// URIs too), absolute
 
     def tracking_uri(self) -> str:
         """The MLflow tracking URI (default: a SQLite file in the results folder)."""
         if self.output.tracking_uri:
             return self.output.tracking_uri
-        return f"sqlite:///{self.results_dir() / 'mlflow.db'}"
+        return f"sqlite:///{storage.join(self.results_dir(), 'mlflow.db')}"
 
     def expand(self) -> list[TrainConfig]:
         """One TrainConfig per grid cell, in the order source, arch, norm, eps, seed."""

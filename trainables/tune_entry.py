@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import ray
 import torch
 from ray import tune
 
+from trainables import storage
 from trainables.checkpoint import find_latest_valid_checkpoint
 from trainables.config import RunOptions, train_config_from_dict
 from trainables.data import LoadRequest, build_dataset
@@ -52,18 +55,32 @@ def find_resume_checkpoint(config: dict[str, Any]) -> Path | None:
 
     Looked for in the trial's own folder (Tune's checkpoint after a worker failure) and in the
     folders of earlier attempts at the same trial_key (a study re-run after its driver died).
-    A corrupted newer checkpoint is skipped with a warning naming the bad file.
+    Folders on remote storage (s3://...) are downloaded first. A corrupted newer checkpoint is
+    skipped with a warning naming the bad file.
     """
-    dirs: list[Path] = []
+    locations: list[str] = []
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        dirs.append(Path(checkpoint.path).parent)
-    dirs += [Path(d) for d in config["train"].get("resume_dirs", [])]
+        path = checkpoint.path.rstrip("/")
+        locations.append(storage.to_location(checkpoint.filesystem, path.rsplit("/", 1)[0]))
+    locations += list(config["train"].get("resume_dirs", []))
+    dirs = [_local_attempt(location) for location in dict.fromkeys(locations)]
     found, problems = find_latest_valid_checkpoint(dirs)
     for problem in problems:
         logger.warning(problem)
         print(f"WARNING: {problem}", file=sys.stderr, flush=True)
     return found
+
+
+def _local_attempt(location: str) -> Path:
+    """A trial folder on this machine: itself, or a download of its checkpoint_* folders."""
+    if not storage.is_remote(location):
+        return Path(location)
+    scratch = Path(tempfile.mkdtemp(prefix="atsweep-resume-"))
+    for name, is_dir in storage.list_dir(location):
+        if is_dir and name.startswith("checkpoint_"):
+            storage.local_copy(storage.join(location, name), scratch)
+    return scratch
 
 
 def train_trial(config: dict[str, Any]) -> None:
@@ -78,8 +95,28 @@ def train_trial(config: dict[str, Any]) -> None:
 
 
 def run_eval_task(task: EvalTask) -> dict[str, Any]:
-    """One evaluation in a Ray task: threads set to the task's CPUs, on its GPU if it has one."""
-    return run_evaluation(task, configure_worker())
+    """One evaluation in a Ray task: threads set to the task's CPUs, on its GPU if it has one.
+
+    A checkpoint on remote storage is downloaded first; an artifact bound for remote storage
+    (the inversion grid) is written locally, then uploaded.
+    """
+    device = configure_worker()
+    with tempfile.TemporaryDirectory(prefix="atsweep-eval-") as scratch:
+        local = task
+        if task.checkpoint and storage.is_remote(task.checkpoint):
+            local = replace(
+                local, checkpoint=str(storage.local_copy(task.checkpoint, Path(scratch)))
+            )
+        remote_artifact = (
+            task.artifact_path if storage.is_remote(task.artifact_path or "") else None
+        )
+        if remote_artifact:
+            local = replace(local, artifact_path=str(Path(scratch) / "grid.png"))
+        result = run_evaluation(local, device)
+        if remote_artifact and result.get("grid_path"):
+            storage.upload_file(Path(result["grid_path"]), remote_artifact)
+            result["grid_path"] = remote_artifact
+    return result
 
 
 evaluate_remote = ray.remote(run_eval_task)

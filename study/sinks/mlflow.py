@@ -23,6 +23,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from trainables import storage
+
 KEY_TAG = "atsweep.key"
 ROLE_TAG = "atsweep.role"
 TRIAL_KEY_TAG = "trial_key"
@@ -106,7 +108,7 @@ class MlflowSink:
         self,
         tracking_uri: str,
         experiment: str,
-        artifact_location: Path,
+        artifact_location: str | Path,
         patience_s: float = 1800.0,
     ) -> None:
         # Fail each HTTP attempt fast; the RetryingClient does the waiting, with a message.
@@ -116,10 +118,12 @@ class MlflowSink:
         self.tracking_uri = tracking_uri
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
-            artifact_location.mkdir(parents=True, exist_ok=True)
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=artifact_location.as_uri()
-            )
+            if storage.is_uri(artifact_location):
+                uri = str(artifact_location)
+            else:
+                Path(artifact_location).mkdir(parents=True, exist_ok=True)
+                uri = Path(artifact_location).resolve().as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=uri)
         else:
             self.experiment_id = found.experiment_id
         self._runs_by_key = self._index_runs()

@@ -19,6 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trainables import storage
+
 SCHEMA_VERSION = 2
 
 _TRIAL_CONFIG = [
@@ -176,23 +178,41 @@ def schema_with_metadata(table: str) -> pa.Schema:
     )
 
 
-def part_files(folder: Path) -> list[Path]:
+def part_files(folder: str | Path) -> list[str]:
     """The completed part files of a table (temporaries are hidden and never listed)."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob("part-*.parquet") if p.is_file())
+    return [
+        storage.join(folder, name)
+        for name, is_dir in storage.list_dir(folder)
+        if not is_dir and name.startswith("part-") and name.endswith(".parquet")
+    ]
 
 
-def write_part_atomically(folder: Path, table: pa.Table) -> Path:
-    """Write a part under a hidden name, fsync it, then rename it into place."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_part_atomically(folder: str | Path, table: pa.Table) -> str:
+    """Write one part so that no reader ever sees it incomplete.
+
+    On a local disk: under a hidden name, fsync'd, then renamed into place (and the folder
+    fsync'd, so the rename survives a crash). On an object store (s3://...) the object is
+    written under its final name: a PUT becomes visible only once the upload is complete.
+    """
     name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    if storage.is_remote(folder):
+        fs, path = storage.resolve(folder)
+        fs.create_dir(path, recursive=True)
+        pq.write_table(table, f"{path}/{name}", filesystem=fs)
+        return storage.join(folder, name)
+    folder = Path(storage.resolve(folder)[1])
+    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{name}.tmp"
     pq.write_table(table, tmp)
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, folder / name)
-    return folder / name
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return str(folder / name)
 
 
 class SchemaConflictError(TypeError):
@@ -221,10 +241,14 @@ def conform(part: pa.Table, schema: pa.Schema, source: str = "a part") -> pa.Tab
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def read_table(folder: Path, table: str) -> pa.Table:
+def read_table(folder: str | Path, table: str) -> pa.Table:
     """All completed parts of a table, in its current schema (an empty table if none)."""
     schema = schema_with_metadata(table)
-    parts = [conform(pq.read_table(p), schema, str(p)) for p in part_files(folder)]
+    fs, _ = storage.resolve(folder)
+    parts = [
+        conform(pq.read_table(storage.resolve(p)[1], filesystem=fs), schema, p)
+        for p in part_files(folder)
+    ]
     if not parts:
         return schema.empty_table()
     return pa.concat_tables(parts)
@@ -233,11 +257,11 @@ def read_table(folder: Path, table: str) -> pa.Table:
 class ParquetSink:
     """The single writer of a study's tables; it remembers every key already written."""
 
-    def __init__(self, tables_dir: Path) -> None:
-        self.tables_dir = Path(tables_dir)
+    def __init__(self, tables_dir: str | Path) -> None:
+        self.tables_dir = str(tables_dir)
         self._keys: dict[str, set[tuple[Any, ...]]] = {}
         for table in SCHEMAS:
-            folder = self.tables_dir / table
+            folder = storage.join(self.tables_dir, table)
             if not part_files(folder):
                 write_part_atomically(folder, schema_with_metadata(table).empty_table())
             existing = read_table(folder, table).select(list(KEYS[table])).to_pylist()
@@ -265,7 +289,8 @@ class ParquetSink:
             if missing:
                 raise KeyError(f"columns {missing} are not in the {table} schema")
             write_part_atomically(
-                self.tables_dir / table, pa.Table.from_pylist(list(fresh), schema=schema)
+                storage.join(self.tables_dir, table),
+                pa.Table.from_pylist(list(fresh), schema=schema),
             )
             self._keys[table] |= fresh_keys
         return len(fresh)

@@ -149,4 +149,4 @@ def test_a_conflicting_column_type_is_a_clear_error(tmp_path: Path) -> None:
         SchemaConflictError, match=r"'epoch' is string but the schema says int64"
     ) as err:
         read_table(tmp_path / "epochs", "epochs")
-    assert path.name in str(err.value)
+    assert Path(path).name in str(err.value)

@@ -231,7 +231,7 @@ def test_a_writer_killed_mid_write_leaves_readers_only_complete_parts(
     ), "a row's payload is corrupt"
 
     # What the kill left behind is hidden, never listed as a part, and none of its rows are read.
-    others = sorted(set(folder.iterdir()) - set(part_files(folder)))
+    others = sorted(set(folder.iterdir()) - {Path(p) for p in part_files(folder)})
     assert others and set(others) >= set(leftover)
     for path in others:
         assert path.name.startswith(".") and path.name.endswith(".tmp"), path.name
