@@ -1,39 +1,94 @@
-"""A study's progress, read from its tables: trials and evaluations done against the spec."""
+"""A study's progress: trials and evaluations done (its tables), running and failed (MLflow)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 from study.sinks.parquet import KEYS, read_table
 from study.spec import SweepSpec
+from trainables import storage
+
+EVAL_TABLES = ("transfer", "fisher", "robustness", "inversion")
 
 
 @dataclass(frozen=True)
 class StudyStatus:
-    """How much of a study's grid is in its tables."""
+    """How much of a study's grid is in its tables, and the states of its MLflow runs."""
 
     name: str
     trials_total: int
     trials_done: int
     rows: dict[str, int]
+    trial_runs: dict[str, int] = field(default_factory=dict)  # MLflow status -> count
+    eval_runs: dict[str, int] = field(default_factory=dict)
+    mlflow_error: str | None = None
 
 
-def study_status(spec: SweepSpec) -> StudyStatus:
-    """Count the grid's trials already in the trials table, and the rows of every table."""
-    tables = spec.results_dir() / "tables"
+def run_states(spec: SweepSpec) -> tuple[dict[str, int], dict[str, int]]:
+    """Counts of the study's trial and evaluation runs by MLflow status (RUNNING, FAILED...)."""
+    from mlflow.tracking import MlflowClient
+
+    from study.sinks.mlflow import ROLE_TAG
+
+    uri = spec.tracking_uri()
+    if uri.startswith("sqlite:///") and not storage.exists(uri.removeprefix("sqlite:///")):
+        return {}, {}  # never run: do not create an empty database by looking
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(spec.name)
+    counts: dict[str, Counter[str]] = {"trial": Counter(), "evaluation": Counter()}
+    if experiment is None:
+        return {}, {}
+    token = None
+    while True:
+        page = client.search_runs([experiment.experiment_id], max_results=1000, page_token=token)
+        for run in page:
+            role = run.data.tags.get(ROLE_TAG)
+            if role in counts:
+                counts[role][run.info.status] += 1
+        token = page.token
+        if not token:
+            return dict(counts["trial"]), dict(counts["evaluation"])
+
+
+def study_status(spec: SweepSpec, with_mlflow: bool = True) -> StudyStatus:
+    """Count the grid's trials already in the trials table, the rows of every table and, when
+    with_mlflow, the study's runs by state."""
+    tables = storage.join(spec.results_dir(), "tables")
     keys = {c.key for c in spec.expand()}
     done = set()
     rows: dict[str, int] = {}
     for table in KEYS:
-        data = read_table(tables / table, table)
+        data = read_table(storage.join(tables, table), table)
         rows[table] = data.num_rows
         if table == "trials":
             done = set(data.column("trial_key").to_pylist()) & keys
-    return StudyStatus(spec.name, len(keys), len(done), rows)
+    trial_runs: dict[str, int] = {}
+    eval_runs: dict[str, int] = {}
+    error = None
+    if with_mlflow:
+        try:
+            trial_runs, eval_runs = run_states(spec)
+        except Exception as exc:  # a status report must not fail on an unreachable server
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return StudyStatus(spec.name, len(keys), len(done), rows, trial_runs, eval_runs, error)
 
 
 def format_status(status: StudyStatus) -> str:
     """The status as a few lines of text."""
     lines = [f"study {status.name}: {status.trials_done}/{status.trials_total} trials done"]
+    if status.trial_runs or status.eval_runs:
+        trials, evals = status.trial_runs, status.eval_runs
+        lines.append(
+            f"  trials running {trials.get('RUNNING', 0)}, failed {trials.get('FAILED', 0)}, "
+            f"killed {trials.get('KILLED', 0)} (MLflow)"
+        )
+        evals_done = sum(status.rows[t] for t in EVAL_TABLES)
+        lines.append(
+            f"  evaluations done {evals_done}, running {evals.get('RUNNING', 0)}, "
+            f"failed {evals.get('FAILED', 0)}"
+        )
+    if status.mlflow_error:
+        lines.append(f"  MLflow not read: {status.mlflow_error}")
     lines += [f"  {table}: {n} rows" for table, n in status.rows.items()]
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,8 @@ def test_status_counts_the_trials_and_rows_in_the_tables(smoke) -> None:  # type
     out = run_study("status", str(path), cwd=path.parent)
     assert out.returncode == 0, out.stderr
     assert "trials done" in out.stdout and "fisher: " in out.stdout
+    assert "trials running 0, failed 0, killed 0 (MLflow)" in out.stdout
+    assert re.search(r"evaluations done [1-9]\d*, running 0, failed 0", out.stdout)
 
 
 def test_report_on_a_folder_without_tables_exits_2(tmp_path: Path) -> None:
