@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/study run sweeps/demo.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=12
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

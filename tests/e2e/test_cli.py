@@ -100,12 +100,15 @@ def test_running_twice_adds_no_rows_and_no_runs(smoke) -> None:  # type: ignore[
     assert len(mlflow.search_runs(experiment_names=["smoke"])) == 15
 
 
-def test_extending_the_grid_runs_only_the_new_cell(smoke) -> None:  # type: ignore[no-untyped-def]
+def test_extending_the_grid_runs_only_the_new_cells(smoke) -> None:  # type: ignore[no-untyped-def]
+    """One more eps and one more target: one new trial, and only the new evaluations."""
     path, results, _ = smoke
     spec = yaml.safe_load(path.read_text())
     spec["grid"]["eps"] = [0.0, 0.5, 1.0]
+    spec["evaluations"]["transfer"]["targets"].append({"dataset": "digits", "classes": [0, 1, 2]})
     extended = path.parent / "extended.yaml"
     extended.write_text(yaml.safe_dump(spec))
+    before = tables(results)
     out = run_study("run", str(extended), cwd=path.parent)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 cached, 1 to run" in out.stdout
@@ -113,27 +116,19 @@ def test_extending_the_grid_runs_only_the_new_cell(smoke) -> None:  # type: igno
     assert sorted(t["trials"]["eps"]) == [0.0, 0.5, 1.0]
     assert len(t["epochs"]) == 3 * 2 and len(t["fisher"]) == 3 and len(t["inversion"]) == 6
     assert not t["trials"]["trial_key"].duplicated().any()
-
-
-def test_extending_the_targets_runs_only_the_new_evaluations(smoke) -> None:  # type: ignore[no-untyped-def]
-    path, results, _ = smoke
-    spec = yaml.safe_load(path.read_text())
-    spec["evaluations"]["transfer"]["targets"].append({"dataset": "digits", "classes": [0, 1, 2]})
-    extended = path.parent / "more_targets.yaml"
-    extended.write_text(yaml.safe_dump(spec))
-    before = tables(results)
-    out = run_study("run", str(extended), cwd=path.parent)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "0 to run" in out.stdout
-    after = tables(results)
-    new = after["transfer"][~after["transfer"]["eval_key"].isin(before["transfer"]["eval_key"])]
-    trials = len(spec["grid"]["eps"])  # the networks of this spec's grid
-    # One probe per trained network, one random-init and one raw-pixel baseline: all new target.
-    assert set(new["target"]) == {"digits-c012"}
-    kinds = new["kind"].value_counts().to_dict()
-    assert kinds == {"probe": trials, "random_init": 1, "raw_pixels": 1}
-    for name in ("trials", "epochs", "fisher", "robustness", "inversion"):
-        assert len(after[name]) == len(before[name]), name
+    new = t["transfer"][~t["transfer"]["eval_key"].isin(before["transfer"]["eval_key"])]
+    new_trial = set(t["trials"]["trial_key"]) - set(before["trials"]["trial_key"])
+    # The new target: a probe per network (3) and its two baselines; the old target: a probe
+    # of the new network only.
+    by_target = new.groupby("target")["kind"].value_counts().to_dict()
+    assert by_target == {
+        ("digits-c012", "probe"): 3,
+        ("digits-c012", "random_init"): 1,
+        ("digits-c012", "raw_pixels"): 1,
+        ("digits-c56789", "probe"): 1,
+    }
+    old_target = new[new["target"] == "digits-c56789"]
+    assert set(old_target["trial_key"]) == new_trial
 
 
 def test_a_gpu_request_no_local_node_holds_exits_2_before_training(tmp_path: Path) -> None:

@@ -154,7 +154,16 @@ def test_submit_runs_a_study_on_two_nodes_with_token_auth(tmp_path: Path) -> Non
         assert trials["node_id"].nunique() == 2, "both nodes should have trained a trial"
         mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
         runs = mlflow.search_runs(experiment_names=["smoke"])
-        assert (runs["tags.atsweep.role"] == "trial").sum() == 2
+        assert runs["tags.atsweep.role"].value_counts().to_dict() == {
+            "study": 1,
+            "trial": 2,
+            "evaluation": 4,  # a transfer probe and a Fisher evaluation per trial
+        }
+        assert set(runs["status"]) == {"FINISHED"}
+        results = tmp_path / "results" / "tables"
+        assert len(pd.read_parquet(results / "epochs")) == 4
+        assert len(pd.read_parquet(results / "transfer")) == 2
+        assert len(pd.read_parquet(results / "fisher")) == 2
     finally:
         for d in (worker_temp_dir, temp_dir):
             stop_cluster(d)
