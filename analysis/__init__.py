@@ -1,5 +1,49 @@
 """Analysis of a study from its parquet tables alone (no torch, Ray or MLflow)."""
 
+from analysis.claims import CLAIMS, check_claims, format_claims
+from analysis.figures import (
+    plot_fisher,
+    plot_inversion,
+    plot_reconstructions,
+    plot_source_accuracy,
+    plot_tradeoff,
+    plot_transfer,
+    write_figures,
+)
+from analysis.stats import (
+    COLUMNS_READ,
+    KNOWN_SCHEMA_VERSION,
+    SchemaVersionError,
+    aggregate_seeds,
+    join_trials,
+    load_tables,
+    mean_ci,
+    t_quantile,
+    welch_diff_ci,
+)
 from analysis.tables import format_tradeoff, load_table, tradeoff_table
 
-__all__ = ["format_tradeoff", "load_table", "tradeoff_table"]
+__all__ = [
+    "CLAIMS",
+    "COLUMNS_READ",
+    "KNOWN_SCHEMA_VERSION",
+    "SchemaVersionError",
+    "aggregate_seeds",
+    "check_claims",
+    "format_claims",
+    "format_tradeoff",
+    "join_trials",
+    "load_table",
+    "load_tables",
+    "mean_ci",
+    "plot_fisher",
+    "plot_inversion",
+    "plot_reconstructions",
+    "plot_source_accuracy",
+    "plot_tradeoff",
+    "plot_transfer",
+    "t_quantile",
+    "tradeoff_table",
+    "welch_diff_ci",
+    "write_figures",
+]

@@ -1,0 +1,459 @@
+"""Checks of the paper's claims C1-C6 (PAPER.md section 1) from a study's tables, with a verdict.
+
+A block is one (source, arch, norm, attack); a curve is a measurement against the training eps,
+with one value per seed at each eps (rows of one seed are averaged first). Every statistic comes
+with a 95% CI across seeds and a verdict: "holds", "fails" or "undetermined". The rules:
+
+- Always undetermined when some eps has fewer than 2 seeds, when there are fewer than 2 eps values
+  (3 for C2), or when the CI straddles the decision boundary.
+- Trend claims C1, C4, C5 (falls with eps) and C6 (rises with eps). Statistic: delta = mean at
+  the largest eps minus mean at the smallest eps (normally 0), with the Welch t CI. Falls: holds
+  iff ci_high < 0, fails iff ci_low >= 0. Rises: holds iff ci_low > 0, fails iff ci_high <= 0.
+  C1 uses trials.test_acc_clean; C4 fisher.input_trace per (layer, sigma); C5
+  fisher.weight_trace per weight_fisher ("true" or "empirical"); C6 inversion.psnr and
+  inversion.ssim per variant, the "plain" variant being the headline (PAPER.md section 5).
+- C2, per target (transfer rows of kind "probe"); needs eps 0 in the grid. gain(e) = mean(e) -
+  mean(0) with its Welch CI, at a Bonferroni-adjusted level 1 - 0.05/k for the k eps > 0
+  (the best eps is picked from the same data, so a plain 95% CI would flatter it). Statistic
+  "best_gain": gain(e*), e* the eps > 0 of largest mean. Holds iff its CI is above 0 and, when
+  e* is not the largest eps (an interior peak), the curve falls after it: mean(e*) -
+  mean(largest eps) has a CI above 0 (row "fall_after_peak"). A peak at the largest eps with a
+  significant gain also holds (some eps > 0 beats 0), with the note that the fall is not
+  observed. Fails iff gain(e) has a CI entirely below 0 for every eps > 0. Otherwise
+  undetermined, so a flat curve never holds.
+- C3, per block, across targets. Distance of a target from the source: d = raw-pixel probe
+  accuracy - eps=0 probe accuracy (how much the standard network's features lose against raw
+  pixels on that target; larger is farther), unless distances are given. Gain: the C2 best
+  gain, max over eps > 0 of mean(e) - mean(0). Statistic: Spearman rank correlation of gain and
+  distance across targets (needs >= 3 targets with both). CI: percentile bootstrap over seeds
+  (seeds resampled within each (target, eps), 2000 draws, fixed random seed). Holds iff
+  ci_low > 0 and the one-sided permutation p-value over targets is <= 0.05 (exact for up to 8
+  targets; 3 targets can never reach it: 1/6); fails iff ci_high < 0 with the opposite p <= 0.05.
+  Caveat: both d and the gain subtract the eps=0 accuracy, so its noise correlates them; the
+  bootstrap carries that noise into the CI.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from analysis.stats import (
+    BLOCK,
+    collapse_seeds,
+    complete_tables,
+    fill_block_columns,
+    welch_diff_ci,
+)
+
+CLAIMS = {
+    "C1": "Source clean accuracy falls as the training eps grows",
+    "C2": "Linear transfer improves with eps up to a point, then falls (an inverted U)",
+    "C3": "The transfer gain is larger on targets far from the source",
+    "C4": "The input Fisher trace of the representation falls as eps grows",
+    "C5": "The weight Fisher trace falls as eps grows",
+    "C6": "Inversion quality (PSNR, SSIM) rises with eps",
+}
+HOLDS, FAILS, UNDETERMINED = "holds", "fails", "undetermined"
+RESULT_COLUMNS = [
+    "claim",
+    *BLOCK,
+    "target",
+    "setting",
+    "statistic",
+    "value",
+    "ci_low",
+    "ci_high",
+    "at_eps",
+    "n_seeds",
+    "n_eps",
+    "verdict",
+    "headline",
+    "note",
+]
+ALPHA = 0.05
+BOOTSTRAP_DRAWS = 2000
+EXACT_PERMUTATIONS_UP_TO = 8
+Curve = dict[float, np.ndarray]
+
+
+def _fewest_seeds(curve: Curve) -> int:
+    return min((len(v) for v in curve.values()), default=0)
+
+
+def _base(curve: Curve) -> dict[str, object]:
+    nan = float("nan")
+    return {
+        "value": nan,
+        "ci_low": nan,
+        "ci_high": nan,
+        "at_eps": nan,
+        "n_seeds": _fewest_seeds(curve),
+        "n_eps": len(curve),
+    }
+
+
+def check_trend(curve: Curve, direction: int) -> dict[str, object]:
+    """Delta (largest eps minus smallest) with its Welch CI, and the verdict for a claim that
+    the value falls (direction -1) or rises (+1) with eps."""
+    row = _base(curve)
+    eps = sorted(curve)
+    if len(eps) < 2:
+        return {**row, "verdict": UNDETERMINED, "note": "needs at least 2 eps values"}
+    lo, hi = eps[0], eps[-1]
+    d = welch_diff_ci(curve[hi], curve[lo])
+    means = [float(curve[e].mean()) for e in eps]
+    steps = np.diff(means) * direction
+    shape = "monotone" if bool(np.all(steps >= 0)) else "not monotone"
+    note = f"mean {means[0]:.4g} at eps={lo:g} -> {means[-1]:.4g} at eps={hi:g} ({shape})"
+    row.update(value=d["diff"], ci_low=d["ci_low"], ci_high=d["ci_high"], at_eps=hi)
+    if _fewest_seeds(curve) < 2:
+        return {**row, "verdict": UNDETERMINED, "note": f"{note}; fewer than 2 seeds at some eps"}
+    low, high = d["ci_low"], d["ci_high"]
+    if direction < 0:
+        verdict = HOLDS if high < 0 else FAILS if low >= 0 else UNDETERMINED
+    else:
+        verdict = HOLDS if low > 0 else FAILS if high <= 0 else UNDETERMINED
+    if verdict == UNDETERMINED:
+        note += "; the CI straddles 0"
+    return {**row, "verdict": verdict, "note": note}
+
+
+def check_inverted_u(curve: Curve, baselines: str = "") -> list[dict[str, object]]:
+    """C2 on one transfer curve: the "best_gain" row (the verdict) and "fall_after_peak"."""
+    gain_row: dict[str, object] = {**_base(curve), "statistic": "best_gain", "headline": True}
+    fall_row: dict[str, object] = {
+        **_base(curve),
+        "statistic": "fall_after_peak",
+        "headline": False,
+        "verdict": UNDETERMINED,
+    }
+    eps = sorted(curve)
+    positive = [e for e in eps if e > 0]
+    if 0.0 not in curve or not positive:
+        note = "needs eps = 0 and an eps > 0 in the grid"
+        return [{**gain_row, "verdict": UNDETERMINED, "note": note}, {**fall_row, "note": note}]
+    level = 1.0 - ALPHA / len(positive)
+    means = {e: float(curve[e].mean()) for e in eps}
+    gains = {e: welch_diff_ci(curve[e], curve[0.0], level) for e in positive}
+    best = max(positive, key=lambda e: (means[e], -e))
+    last = eps[-1]
+    interior = best < last
+    g = gains[best]
+    gain_row.update(value=g["diff"], ci_low=g["ci_low"], ci_high=g["ci_high"], at_eps=best)
+    adjusted = (
+        f"CIs at level 1 - 0.05/{len(positive)} (Bonferroni over the eps > 0)"
+        if len(positive) > 1
+        else "95% CIs"
+    )
+    if interior:
+        f = welch_diff_ci(curve[best], curve[last], level)
+        fall_row.update(value=f["diff"], ci_low=f["ci_low"], ci_high=f["ci_high"], at_eps=last)
+        shape = f"interior peak at eps={best:g}; falls by {f['diff']:.3g} to eps={last:g}"
+        falls = f["ci_low"] > 0
+        fall_row.update(
+            verdict=HOLDS if falls else UNDETERMINED,
+            note=f"{shape}; {adjusted}" + ("" if falls else "; the CI straddles 0"),
+        )
+    else:
+        shape = f"peak at the largest eps={best:g}: the fall after it is not observed"
+        falls = True
+        fall_row["note"] = f"{shape}: extend the eps grid"
+    note = f"{shape}; mean at eps=0 {means[0.0]:.4g}{baselines}; {adjusted}"
+    if len(eps) < 3 or _fewest_seeds(curve) < 2:
+        reason = "needs at least 3 eps values" if len(eps) < 3 else "fewer than 2 seeds at some eps"
+        fall_row.update(verdict=UNDETERMINED, note=f"{fall_row['note']}; {reason}")
+        return [{**gain_row, "verdict": UNDETERMINED, "note": f"{note}; {reason}"}, fall_row]
+    if g["ci_low"] > 0 and falls:
+        verdict = HOLDS
+    elif all(gains[e]["ci_high"] < 0 for e in positive):
+        verdict = FAILS
+        note += "; every eps > 0 transfers worse than eps = 0"
+    else:
+        verdict = UNDETERMINED
+        if g["ci_low"] > 0:
+            note += "; the gain is significant but the fall after the peak is not"
+        else:
+            note += "; the gain's CI straddles 0"
+    return [{**gain_row, "verdict": verdict, "note": note}, fall_row]
+
+
+# ----- C3: gain against distance across targets --------------------------------------------------
+def _rank_rows(x: np.ndarray) -> np.ndarray:
+    """Average ranks along each row (ties share their mean rank)."""
+    return pd.DataFrame(np.atleast_2d(x)).rank(axis=1).to_numpy(dtype=float)
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of matching rows; NaN where a row is constant."""
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    denom = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (a * b).sum(axis=1) / np.where(denom > 0, denom, 1.0), np.nan)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties; NaN if either side is constant)."""
+    return float(_pearson_rows(_rank_rows(np.asarray(x)), _rank_rows(np.asarray(y)))[0])
+
+
+def permutation_p(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """One-sided p-values (positive, negative) of Spearman's rho under random pairing: exact
+    for up to 8 pairs, else 20000 random permutations."""
+    rx, ry = _rank_rows(np.asarray(x))[0], _rank_rows(np.asarray(y))[0]
+    observed = spearman(x, y)
+    if np.isnan(observed):
+        return float("nan"), float("nan")
+    n = len(rx)
+    if n <= EXACT_PERMUTATIONS_UP_TO:
+        perms = np.array(list(itertools.permutations(range(n))))
+        extra = 0
+    else:
+        rng = np.random.default_rng(seed)
+        perms = np.array([rng.permutation(n) for _ in range(20000)])
+        extra = 1  # the observed pairing counts as one of the permutations
+    rhos = _pearson_rows(np.broadcast_to(rx, (len(perms), n)), ry[perms])
+    tol = 1e-12
+    p_pos = (extra + np.sum(rhos >= observed - tol)) / (extra + len(perms))
+    p_neg = (extra + np.sum(rhos <= observed + tol)) / (extra + len(perms))
+    return float(p_pos), float(p_neg)
+
+
+def _bootstrap_means(values: np.ndarray, rng: np.random.Generator, draws: int) -> np.ndarray:
+    idx = rng.integers(0, len(values), size=(draws, len(values)))
+    return values[idx].mean(axis=1)
+
+
+def check_distance_gain(
+    curves: Mapping[str, Curve],
+    raw_pixels: Mapping[str, float],
+    distances: Mapping[str, float] | None = None,
+    seed: int = 0,
+) -> dict[str, object]:
+    """C3 in one block: Spearman rho of best gain against target distance (see module doc)."""
+    usable = [
+        t
+        for t in sorted(curves)
+        if 0.0 in curves[t]
+        and any(e > 0 for e in curves[t])
+        and (t in distances if distances is not None else t in raw_pixels)
+    ]
+    skipped = sorted(set(curves) - set(usable))
+    eps_counts = [len(curves[t]) for t in usable]
+    n_seeds = min((_fewest_seeds(curves[t]) for t in usable), default=0)
+    row: dict[str, object] = {
+        "statistic": "spearman(gain, distance)",
+        "value": float("nan"),
+        "ci_low": float("nan"),
+        "ci_high": float("nan"),
+        "at_eps": float("nan"),
+        "n_seeds": n_seeds,
+        "n_eps": min(eps_counts, default=0),
+        "headline": True,
+    }
+    notes = [f"targets with a gain and a distance: {len(usable)}"]
+    if skipped:
+        why = "distance" if distances is not None else "raw-pixel baseline"
+        notes.append(f"left out for lack of eps 0, eps > 0 or a {why}: {', '.join(skipped)}")
+    if len(usable) < 3:
+        notes.append("needs at least 3 targets")
+        return {**row, "verdict": UNDETERMINED, "note": "; ".join(notes)}
+
+    def gain_and_distance(
+        means: Mapping[str, Mapping[float, np.ndarray]],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        gain = np.stack(
+            [
+                np.max([means[t][e] for e in curves[t] if e > 0], axis=0) - means[t][0.0]
+                for t in usable
+            ],
+            axis=-1,
+        )
+        if distances is not None:
+            dist = np.broadcast_to(np.array([distances[t] for t in usable], float), gain.shape)
+        else:
+            dist = np.stack([raw_pixels[t] - means[t][0.0] for t in usable], axis=-1)
+        return gain, dist
+
+    point = {t: {e: np.array([curves[t][e].mean()]) for e in curves[t]} for t in usable}
+    gain, dist = gain_and_distance(point)
+    rho = spearman(dist[0], gain[0])
+    p_pos, p_neg = permutation_p(dist[0], gain[0], seed)
+    pairs = ", ".join(
+        f"{t} (d {d:.3g}, gain {g:.3g})" for t, d, g in zip(usable, dist[0], gain[0], strict=True)
+    )
+    kind = "given" if distances is not None else "raw-pixel acc - eps=0 probe acc"
+    notes.append(f"distance = {kind}: {pairs}")
+    notes.append(f"permutation p = {p_pos:.3g} (rho > 0), {p_neg:.3g} (rho < 0)")
+    row["value"] = rho
+    if np.isnan(rho):
+        notes.append("the gains or the distances all tie: no rank correlation")
+        return {**row, "verdict": UNDETERMINED, "note": "; ".join(notes)}
+    if n_seeds < 2:
+        notes.append("fewer than 2 seeds at some (target, eps): no CI")
+        return {**row, "verdict": UNDETERMINED, "note": "; ".join(notes)}
+    rng = np.random.default_rng(seed)
+    boot = {
+        t: {e: _bootstrap_means(curves[t][e], rng, BOOTSTRAP_DRAWS) for e in sorted(curves[t])}
+        for t in usable
+    }
+    bgain, bdist = gain_and_distance(boot)
+    rhos = _pearson_rows(_rank_rows(bdist), _rank_rows(bgain))
+    rhos = rhos[~np.isnan(rhos)]
+    if len(rhos) < BOOTSTRAP_DRAWS // 2:
+        notes.append("ranks tie in most bootstrap draws: no CI")
+        return {**row, "verdict": UNDETERMINED, "note": "; ".join(notes)}
+    low, high = np.percentile(rhos, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
+    row.update(ci_low=float(low), ci_high=float(high))
+    if low > 0 and p_pos <= ALPHA:
+        verdict = HOLDS
+    elif high < 0 and p_neg <= ALPHA:
+        verdict = FAILS
+    else:
+        verdict = UNDETERMINED
+        notes.append("the CI straddles 0" if low <= 0 <= high else "too few targets for p <= 0.05")
+    return {**row, "verdict": verdict, "note": "; ".join(notes)}
+
+
+# ----- all claims --------------------------------------------------------------------------------
+def _label(value: object) -> str:
+    """A setting value as text: "" for null, floats as %g."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _trend_rows(
+    claim: str,
+    df: pd.DataFrame,
+    value: str,
+    direction: int,
+    setting_columns: list[str],
+    headline: str | None = None,
+) -> list[dict[str, object]]:
+    if df.empty:
+        return []
+    df = fill_block_columns(df)
+    for column in setting_columns:
+        df[column] = [_label(v) for v in df[column]]
+    rows = []
+    for key, curve in collapse_seeds(df, [*BLOCK, *setting_columns], value).items():
+        block = dict(zip(BLOCK, key[: len(BLOCK)], strict=True))
+        parts = dict(zip(setting_columns, key[len(BLOCK) :], strict=True))
+        setting = ", ".join(f"{name}={v}" for name, v in parts.items() if v != "")
+        is_headline = headline is None or parts.get("variant") == headline
+        rows.append(
+            {
+                "claim": claim,
+                **block,
+                "target": "",
+                "setting": setting,
+                "statistic": f"delta_{value}",
+                "headline": is_headline,
+                **check_trend(curve, direction),
+            }
+        )
+    return rows
+
+
+def _baseline_note(transfer: pd.DataFrame, block: Mapping[str, object], target: str) -> str:
+    raw = transfer[(transfer["kind"] == "raw_pixels") & (transfer["target"] == target)]
+    rand = transfer[
+        (transfer["kind"] == "random_init")
+        & (transfer["target"] == target)
+        & (transfer["source"] == block["source"])
+        & (transfer["arch"] == block["arch"])
+    ]
+    out = ""
+    if raw["test_acc"].notna().any():
+        out += f"; raw pixels {raw['test_acc'].mean():.4g}"
+    if rand["test_acc"].notna().any():
+        out += f"; random init {rand['test_acc'].mean():.4g}"
+    return out
+
+
+def check_claims(
+    tables: Mapping[str, pd.DataFrame], target_distance: Mapping[str, float] | None = None
+) -> pd.DataFrame:
+    """Every claim C1-C6 on every block of a study (tables as from load_tables), as a tidy
+    DataFrame with RESULT_COLUMNS. target_distance overrides C3's computed distances."""
+    t = complete_tables(tables)
+    rows: list[dict[str, object]] = []
+    rows += _trend_rows("C1", t["trials"], "test_acc_clean", -1, [])
+
+    transfer = t["transfer"]
+    probes = (
+        fill_block_columns(transfer[transfer["kind"] == "probe"]) if not transfer.empty else None
+    )
+    if probes is not None and not probes.empty:
+        raw = transfer[transfer["kind"] == "raw_pixels"].groupby("target")["test_acc"].mean()
+        curves = collapse_seeds(probes, [*BLOCK, "target"], "test_acc")
+        by_block: dict[tuple[object, ...], dict[str, Curve]] = {}
+        for key, curve in curves.items():
+            block = dict(zip(BLOCK, key[: len(BLOCK)], strict=True))
+            target = str(key[-1])
+            by_block.setdefault(key[: len(BLOCK)], {})[target] = curve
+            for r in check_inverted_u(curve, _baseline_note(transfer, block, target)):
+                rows.append({"claim": "C2", **block, "target": target, "setting": "", **r})
+        for key, block_curves in by_block.items():
+            block = dict(zip(BLOCK, key, strict=True))
+            r = check_distance_gain(block_curves, raw.dropna().to_dict(), target_distance)
+            rows.append({"claim": "C3", **block, "target": "", "setting": "", **r})
+
+    fisher = t["fisher"]
+    rows += _trend_rows("C4", fisher, "input_trace", -1, ["layer", "sigma"])
+    rows += _trend_rows("C5", fisher, "weight_trace", -1, ["weight_fisher"])
+    inversion = t["inversion"]
+    variants = sorted(inversion["variant"].dropna().astype(str).unique())
+    headline = "plain" if "plain" in variants else (variants[0] if variants else None)
+    for value in ("psnr", "ssim"):
+        rows += _trend_rows("C6", inversion, value, +1, ["variant"], headline)
+    out = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    if out.empty:
+        return out
+    order = {"C1": 1, "C2": 2, "C3": 3, "C4": 4, "C5": 5, "C6": 6}
+    out["_order"] = out["claim"].map(order)
+    out["_headline"] = ~out["headline"].astype(bool)
+    out = out.sort_values(
+        ["_order", *BLOCK, "target", "_headline", "setting", "statistic"], kind="stable"
+    )
+    return out.drop(columns=["_order", "_headline"]).reset_index(drop=True)
+
+
+def _number(value: object) -> str:
+    if not isinstance(value, (int, float, np.number)) or pd.isna(value):
+        return ""
+    return f"{float(value):.4g}"
+
+
+def format_claims(claims: pd.DataFrame) -> str:
+    """The claim checks as markdown: per claim, a verdict count over headline rows and a table."""
+    if claims.empty:
+        return "(no claim can be checked: the study has no finished trials yet)"
+    out = []
+    headers = ["source", "arch", "norm", "attack", "target / setting", "statistic", "value"]
+    headers += ["95% CI", "at eps", "seeds", "eps", "verdict", "note"]
+    for claim, rows in claims.groupby("claim", sort=True):
+        heads = rows[rows["headline"].astype(bool)]
+        counts = heads["verdict"].value_counts()
+        tally = ", ".join(f"{counts.get(v, 0)} {v}" for v in (HOLDS, FAILS, UNDETERMINED))
+        out += [f"### {claim}: {CLAIMS[str(claim)]}", "", f"Headline rows: {tally}.", ""]
+        out.append("| " + " | ".join(headers) + " |")
+        out.append("|" + "|".join("---" for _ in headers) + "|")
+        for _, r in rows.iterrows():
+            where = " / ".join(str(x) for x in (r["target"], r["setting"]) if x)
+            ci = ""
+            if not (pd.isna(r["ci_low"]) or pd.isna(r["ci_high"])):
+                ci = f"[{_number(r['ci_low'])}, {_number(r['ci_high'])}]"
+            verdict = f"**{r['verdict']}**" if r["headline"] else str(r["verdict"])
+            cells = [str(r[c]) for c in BLOCK] + [where, str(r["statistic"]), _number(r["value"])]
+            cells += [ci, _number(r["at_eps"]), str(r["n_seeds"]), str(r["n_eps"]), verdict]
+            cells.append(str(r["note"]))
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"

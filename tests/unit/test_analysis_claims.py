@@ -1,0 +1,276 @@
+"""Claim checks C1-C6 on synthetic studies with planted answers (real parquet round trips)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.claims import (
+    RESULT_COLUMNS,
+    check_claims,
+    check_distance_gain,
+    check_inverted_u,
+    check_trend,
+    format_claims,
+    permutation_p,
+    spearman,
+)
+from analysis.stats import load_tables
+from tests.analysis_study import EPS, build_study, noisy
+
+pytestmark = pytest.mark.unit
+
+FALLING = {0.0: 0.95, 0.25: 0.92, 0.5: 0.88, 1.0: 0.80}
+RISING = {0.0: 0.80, 0.25: 0.85, 0.5: 0.88, 1.0: 0.95}
+INVERTED_U = {0.0: 0.80, 0.25: 0.85, 0.5: 0.90, 1.0: 0.82}
+FLAT = dict.fromkeys(EPS, 0.85)
+
+
+def claims_of(tmp_path: Path, **study: object) -> pd.DataFrame:
+    build_study(tmp_path, **study)  # type: ignore[arg-type]
+    out = check_claims(load_tables(tmp_path))
+    assert list(out.columns) == RESULT_COLUMNS
+    return out
+
+
+def row(claims: pd.DataFrame, claim: str, statistic: str | None = None, **where: str) -> pd.Series:
+    sub = claims[claims["claim"] == claim]
+    if statistic is not None:
+        sub = sub[sub["statistic"] == statistic]
+    for column, value in where.items():
+        sub = sub[sub[column] == value]
+    assert len(sub) == 1, sub
+    return sub.iloc[0]
+
+
+def test_planted_inverted_u_is_found_at_its_interior_peak(tmp_path: Path) -> None:
+    claims = claims_of(tmp_path, transfer={"cifar100": noisy(INVERTED_U, 0.005)})
+    gain = row(claims, "C2", "best_gain", target="cifar100")
+    assert gain["at_eps"] == 0.5
+    assert gain["value"] == pytest.approx(0.10)
+    assert 0 < gain["ci_low"] < 0.10 < gain["ci_high"]
+    assert (gain["n_seeds"], gain["n_eps"]) == (3, 4)
+    assert gain["verdict"] == "holds"
+    assert "interior peak at eps=0.5" in gain["note"]
+    fall = row(claims, "C2", "fall_after_peak", target="cifar100")
+    assert fall["value"] == pytest.approx(0.08)
+    assert fall["at_eps"] == 1.0 and fall["verdict"] == "holds" and not fall["headline"]
+
+
+def test_a_gain_without_a_fall_after_an_interior_peak_does_not_hold() -> None:
+    # Plateau: 0.5 and 1.0 equal within noise, so the curve does not fall after its peak.
+    curve = {
+        0.0: np.array([0.79, 0.80, 0.81]),
+        0.5: np.array([0.89, 0.90, 0.91]),
+        1.0: np.array([0.885, 0.895, 0.905]),
+    }
+    gain, fall = check_inverted_u(curve)
+    assert gain["at_eps"] == 0.5 and gain["ci_low"] > 0
+    assert gain["verdict"] == "undetermined"
+    assert fall["verdict"] == "undetermined"
+
+
+def test_a_peak_at_the_largest_eps_holds_but_says_the_fall_is_not_observed() -> None:
+    curve = {e: m + np.array([-0.005, 0.0, 0.005]) for e, m in RISING.items()}
+    gain, fall = check_inverted_u(curve)
+    assert gain["verdict"] == "holds" and gain["at_eps"] == 1.0
+    assert "fall after it is not observed" in str(gain["note"])
+    assert fall["verdict"] == "undetermined"
+
+
+def test_a_flat_transfer_curve_never_holds(tmp_path: Path) -> None:
+    claims = claims_of(tmp_path, transfer={"cifar100": noisy(FLAT, 0.01)})
+    assert row(claims, "C2", "best_gain")["verdict"] in {"undetermined", "fails"}
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        curve = {e: 0.85 + rng.normal(0, 0.01, size=3) for e in EPS}
+        gain, _ = check_inverted_u(curve)
+        assert gain["verdict"] in {"undetermined", "fails"}, curve
+
+
+def test_transfer_that_falls_below_eps_zero_everywhere_fails() -> None:
+    curve = {e: m + np.array([-0.005, 0.0, 0.005]) for e, m in FALLING.items()}
+    gain, _ = check_inverted_u(curve)
+    assert gain["value"] < 0 and gain["ci_high"] < 0
+    assert gain["verdict"] == "fails"
+
+
+def test_two_eps_values_leave_the_inverted_u_undetermined() -> None:
+    curve = {0.0: np.array([0.7, 0.71, 0.72]), 0.5: np.array([0.9, 0.91, 0.92])}
+    gain, _ = check_inverted_u(curve)
+    assert gain["verdict"] == "undetermined" and "3 eps" in str(gain["note"])
+
+
+def test_a_single_seed_leaves_every_claim_undetermined(tmp_path: Path) -> None:
+    claims = claims_of(
+        tmp_path,
+        seeds=(0,),
+        clean=noisy(FALLING, 0.0),
+        transfer={t: noisy(INVERTED_U, 0.0) for t in ("a", "b", "c", "d", "e")},
+        raw_pixels={t: 0.9 for t in ("a", "b", "c", "d", "e")},
+        input_trace=noisy({0.0: 100.0, 0.25: 50.0, 0.5: 20.0, 1.0: 5.0}, 0.0),
+        weight_trace=noisy({0.0: 100.0, 0.25: 50.0, 0.5: 20.0, 1.0: 5.0}, 0.0),
+        inversion={"plain": (noisy({e: 10 + 10 * e for e in EPS}, 0.0), noisy(RISING, 0.0))},
+    )
+    assert set(claims["claim"]) == {"C1", "C2", "C3", "C4", "C5", "C6"}
+    assert (claims["verdict"] == "undetermined").all()
+    assert (claims["n_seeds"] == 1).all()
+    assert claims[claims["claim"] == "C1"]["ci_low"].isna().all()
+
+
+@pytest.mark.parametrize(("means", "verdict"), [(FALLING, "holds"), (RISING, "fails")])
+def test_c1_source_accuracy_trend(tmp_path: Path, means: dict[float, float], verdict: str) -> None:
+    r = row(claims_of(tmp_path, clean=noisy(means, 0.005)), "C1")
+    assert r["statistic"] == "delta_test_acc_clean"
+    assert r["value"] == pytest.approx(means[1.0] - means[0.0])
+    assert r["at_eps"] == 1.0 and r["verdict"] == verdict
+
+
+@pytest.mark.parametrize(("scale", "verdict"), [(1.0, "holds"), (-1.0, "fails")])
+def test_c4_c5_fisher_traces_trend(tmp_path: Path, scale: float, verdict: str) -> None:
+    decreasing = {0.0: 100.0, 0.25: 60.0, 0.5: 30.0, 1.0: 10.0}
+    planted = decreasing if scale > 0 else {e: 110.0 - v for e, v in decreasing.items()}
+    claims = claims_of(
+        tmp_path,
+        input_trace=noisy(planted, 1.0),
+        weight_trace=noisy({e: 3 * v for e, v in planted.items()}, 2.0),
+    )
+    c4, c5 = row(claims, "C4"), row(claims, "C5")
+    assert c4["statistic"] == "delta_input_trace" and c4["setting"] == "sigma=1"
+    assert c5["statistic"] == "delta_weight_trace" and c5["setting"] == "weight_fisher=true"
+    assert c4["verdict"] == verdict and c5["verdict"] == verdict
+    assert c5["value"] == pytest.approx(3 * c4["value"])
+
+
+def test_c6_inversion_quality_per_variant_with_plain_as_headline(tmp_path: Path) -> None:
+    psnr = noisy({0.0: 12.0, 0.25: 14.0, 0.5: 16.0, 1.0: 18.0}, 0.2)
+    claims = claims_of(
+        tmp_path,
+        inversion={
+            "plain": (psnr, noisy(RISING, 0.005)),
+            "tv": (noisy(FLAT, 0.5), noisy(FALLING, 0.005)),
+        },
+    )
+    plain = row(claims, "C6", "delta_psnr", setting="variant=plain")
+    assert plain["headline"] and plain["verdict"] == "holds"
+    assert plain["value"] == pytest.approx(6.0)
+    assert row(claims, "C6", "delta_ssim", setting="variant=plain")["verdict"] == "holds"
+    tv_ssim = row(claims, "C6", "delta_ssim", setting="variant=tv")
+    assert not tv_ssim["headline"] and tv_ssim["verdict"] == "fails"
+    assert row(claims, "C6", "delta_psnr", setting="variant=tv")["verdict"] == "undetermined"
+
+
+def far_gains_more(near_to_far: list[str], reverse: bool = False) -> dict[str, object]:
+    """Targets at growing distance (raw pixels 0.9, eps=0 probe falling) whose inverted-U gain
+    grows with the distance (or shrinks, with reverse)."""
+    transfer, raw = {}, {}
+    k = len(near_to_far)
+    for i, target in enumerate(near_to_far):
+        base = 0.88 - 0.04 * i
+        gain = 0.01 + 0.02 * (k - 1 - i if reverse else i)
+        curve = {0.0: base, 0.25: base + gain / 2, 0.5: base + gain, 1.0: base + gain / 3}
+        transfer[target] = noisy(curve, 0.002)
+        raw[target] = 0.9
+    return {"transfer": transfer, "raw_pixels": raw}
+
+
+def test_c3_far_targets_gaining_more_gives_a_positive_correlation(tmp_path: Path) -> None:
+    targets = ["near", "mid1", "mid2", "mid3", "far"]
+    r = row(claims_of(tmp_path, **far_gains_more(targets)), "C3")
+    assert r["statistic"] == "spearman(gain, distance)"
+    assert r["value"] == pytest.approx(1.0)
+    assert r["ci_low"] > 0
+    assert r["verdict"] == "holds"
+    assert "permutation p = 0.00833" in r["note"]  # 1/5!
+
+
+def test_c3_near_targets_gaining_more_fails(tmp_path: Path) -> None:
+    r = row(claims_of(tmp_path, **far_gains_more(list("abcde"), reverse=True)), "C3")
+    assert r["value"] == pytest.approx(-1.0) and r["verdict"] == "fails"
+
+
+def test_c3_three_targets_cannot_reach_significance(tmp_path: Path) -> None:
+    r = row(claims_of(tmp_path, **far_gains_more(["a", "b", "c"])), "C3")
+    assert r["value"] == pytest.approx(1.0) and r["ci_low"] > 0
+    assert r["verdict"] == "undetermined" and "too few targets" in r["note"]
+
+
+def test_c3_needs_three_targets_with_a_raw_pixel_baseline(tmp_path: Path) -> None:
+    study = far_gains_more(list("abcd"))
+    study["raw_pixels"] = {"a": 0.9, "b": 0.9}
+    r = row(claims_of(tmp_path, **study), "C3")
+    assert r["verdict"] == "undetermined"
+    assert "needs at least 3 targets" in r["note"] and "c, d" in r["note"]
+
+
+def test_c3_accepts_given_distances() -> None:
+    curves = {
+        t: {0.0: np.array([0.8, 0.81]), 0.5: np.array([0.8 + g, 0.81 + g])}
+        for t, g in zip("abcde", (0.01, 0.02, 0.03, 0.04, 0.05), strict=True)
+    }
+    given = {"a": 5.0, "b": 4.0, "c": 3.0, "d": 2.0, "e": 1.0}
+    r = check_distance_gain(curves, {}, given)
+    assert r["value"] == pytest.approx(-1.0) and r["verdict"] == "fails"
+
+
+def test_c3_with_tied_gains_is_undetermined() -> None:
+    seeds = np.array([-0.01, 0.0, 0.01])
+    curves = {t: {0.0: 0.8 + seeds, 0.5: 0.85 + seeds[::-1]} for t in "abcde"}
+    raw = {t: 0.9 - 0.01 * i for i, t in enumerate("abcde")}
+    r = check_distance_gain(curves, raw)
+    assert np.isnan(r["value"]) and r["verdict"] == "undetermined"
+    assert "all tie" in str(r["note"])
+
+
+def test_spearman_and_exact_permutation_p() -> None:
+    assert spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 40])) == pytest.approx(1.0)
+    assert spearman(np.array([1, 2, 3]), np.array([3, 2, 1])) == pytest.approx(-1.0)
+    assert np.isnan(spearman(np.array([1, 1, 1]), np.array([1, 2, 3])))
+    assert permutation_p(np.arange(4), np.arange(4)) == pytest.approx((1 / 24, 1.0))
+    p_pos, _ = permutation_p(np.arange(10), np.arange(10))
+    assert p_pos == pytest.approx(1 / 20001)
+    assert np.isnan(permutation_p(np.ones(4), np.arange(4))[0])
+
+
+def test_check_trend_rules() -> None:
+    seeds = np.array([-0.01, 0.0, 0.01])
+    assert check_trend({0.0: 0.9 + seeds, 1.0: 0.8 + seeds}, -1)["verdict"] == "holds"
+    assert check_trend({0.0: 0.9 + seeds, 1.0: 0.95 + seeds}, -1)["verdict"] == "fails"
+    assert check_trend({0.0: 0.9 + seeds, 1.0: 0.9 + seeds}, -1)["verdict"] == "undetermined"
+    exactly_flat = {0.0: np.full(2, 0.9), 1.0: np.full(2, 0.9)}
+    assert check_trend(exactly_flat, -1)["verdict"] == "fails"  # the CI is [0, 0]
+    assert check_trend({0.0: 0.9 + seeds, 1.0: 0.9 + seeds * 5}, -1)["verdict"] == "undetermined"
+    assert check_trend({0.0: 0.9 + seeds}, -1)["verdict"] == "undetermined"
+    assert check_trend({0.0: 0.8 + seeds, 1.0: 0.9 + seeds}, +1)["verdict"] == "holds"
+    not_monotone = check_trend({0.0: 0.9 + seeds, 0.5: 0.95 + seeds, 1.0: 0.8 + seeds}, -1)
+    assert "not monotone" in str(not_monotone["note"])
+
+
+def test_blocks_are_separate_and_markdown_lists_each_claim(tmp_path: Path) -> None:
+    claims = claims_of(
+        tmp_path,
+        sources=("cifar10", "cifar100"),
+        clean=noisy(FALLING, 0.005),
+        transfer={"pets": noisy(INVERTED_U, 0.005)},
+    )
+    c1 = claims[claims["claim"] == "C1"]
+    assert list(c1["source"]) == ["cifar10", "cifar100"]
+    text = format_claims(claims)
+    assert "### C1: Source clean accuracy falls" in text
+    assert "### C2:" in text and "### C3:" in text
+    assert "Headline rows: 2 holds, 0 fails, 0 undetermined." in text
+    assert "| cifar100 | resnet18 | l2 | pgd7 | pets | best_gain |" in text
+    header = next(line for line in text.splitlines() if line.startswith("| source"))
+    assert all(
+        line.count("|") == header.count("|") for line in text.splitlines() if line[:2] == "| "
+    )
+
+
+def test_empty_tables_give_no_claims(tmp_path: Path) -> None:
+    (tmp_path / "tables").mkdir()
+    claims = check_claims(load_tables(tmp_path))
+    assert claims.empty
+    assert "no claim can be checked" in format_claims(claims)
