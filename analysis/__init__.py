@@ -8,8 +8,10 @@ from analysis.figures import (
     plot_source_accuracy,
     plot_tradeoff,
     plot_transfer,
+    plot_trial_curves,
     write_figures,
 )
+from analysis.report import Report, read_study_info, write_report
 from analysis.stats import (
     COLUMNS_READ,
     KNOWN_SCHEMA_VERSION,
@@ -27,6 +29,7 @@ __all__ = [
     "CLAIMS",
     "COLUMNS_READ",
     "KNOWN_SCHEMA_VERSION",
+    "Report",
     "SchemaVersionError",
     "aggregate_seeds",
     "check_claims",
@@ -42,8 +45,11 @@ __all__ = [
     "plot_source_accuracy",
     "plot_tradeoff",
     "plot_transfer",
+    "plot_trial_curves",
+    "read_study_info",
     "t_quantile",
     "tradeoff_table",
     "welch_diff_ci",
     "write_figures",
+    "write_report",
 ]

@@ -513,3 +513,35 @@ def write_figures(tables: Mapping[str, pd.DataFrame], out_dir: str | Path) -> li
     for plot in FIGURES.values():
         paths += plot(tables, out_dir)
     return paths
+
+
+# ----- per trial ---------------------------------------------------------------------------------
+def plot_trial_curves(epochs: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
+    """Training curves of each trial (loss; clean and PGD test accuracy per epoch), one PNG per
+    trial_key, for its MLflow run. Returns trial_key -> PNG path."""
+    out: dict[str, Path] = {}
+    if epochs.empty:
+        return out
+    for key, sub in epochs.sort_values("epoch").groupby("trial_key", sort=True):
+        with mpl.rc_context(STYLE):
+            fig = Figure(figsize=(6.4, 2.6), layout="constrained")
+            loss_ax, acc_ax = fig.subplots(1, 2)
+            epoch = sub["epoch"] + 1
+            loss_ax.plot(epoch, sub["train_loss"], marker="o", color="C0")
+            loss_ax.set_xlabel("epoch")
+            loss_ax.set_ylabel("training loss (adversarial)")
+            for i, (column, name) in enumerate(
+                (
+                    ("train_acc", "train"),
+                    ("test_acc_clean", "test clean"),
+                    ("test_acc_pgd", "test PGD"),
+                )
+            ):
+                acc_ax.plot(epoch, sub[column], marker=MARKERS[i], color=f"C{i}", label=name)
+            acc_ax.set_xlabel("epoch")
+            acc_ax.set_ylabel("accuracy (fraction)")
+            _cap_accuracy(acc_ax)
+            acc_ax.legend()
+            fig.suptitle(f"trial {key}")
+            out[str(key)] = _save(fig, out_dir, f"trial_{key}")[0]
+    return out

@@ -33,8 +33,8 @@ GRID = [*BLOCK, "eps", "seed"]
 # Every column analysis/ reads, per table (tables.py, stats.py, claims.py, figures.py). The
 # contract test checks that each is declared in study's SCHEMAS for that table.
 COLUMNS_READ: dict[str, list[str]] = {
-    "trials": ["trial_key", *GRID, "test_acc_clean", "test_acc_pgd"],
-    "epochs": [],  # loaded, not read yet
+    "trials": ["trial_key", *GRID, "test_acc_clean", "test_acc_pgd", "mlflow_run_id"],
+    "epochs": ["trial_key", "epoch", "train_loss", "train_acc", "test_acc_clean", "test_acc_pgd"],
     "transfer": ["eval_key", "trial_key", "kind", *GRID, "target", "test_acc"],
     "fisher": [
         "eval_key",

@@ -77,6 +77,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"parquet tables: {tables}  (pandas.read_parquet on each folder)")
     print(f"MLflow: {spec.tracking_uri()}")
     print(f"  browse it: {mlflow_ui_command(spec.tracking_uri())}  then open http://127.0.0.1:5000")
+    from study.reporting import default_report_dir, publish_report
+
+    report = publish_report(results, default_report_dir(results, spec.name))
+    print(f"report: {report.html.resolve()}")
     return 1 if summary.failures else 0
 
 
@@ -142,7 +146,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from analysis import format_tradeoff, tradeoff_table
+    """The trade-off table, then the report (HTML, markdown, figures), logged to MLflow."""
+    from analysis import format_tradeoff, read_study_info, tradeoff_table
+    from study.reporting import default_report_dir, publish_report
 
     results = args.results_dir
     if not storage.is_dir(storage.join(results, "tables")):
@@ -151,6 +157,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             "(output.results_dir, default results/NAME)"
         )
     print(format_tradeoff(tradeoff_table(results)))
+    name = read_study_info(results).get("name") or Path(str(results).rstrip("/")).name
+    out = Path(args.out) if args.out else default_report_dir(results, name)
+    report = publish_report(results, out, mlflow=not args.no_mlflow)
+    print(f"report: {report.html.resolve()}  (markdown: {report.markdown.resolve()})")
     return 0
 
 
@@ -182,8 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("--address", default=None, help="the cluster's dashboard, http://HEAD:8265")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("report", help="print the trade-off table of a results folder")
+    p = sub.add_parser(
+        "report", help="the trade-off table, and an HTML/markdown report with figures and claims"
+    )
     p.add_argument("results_dir")
+    p.add_argument("--out", help="report folder (default RESULTS_DIR/report)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,23 @@ def earlier_attempts(ray_dir: str, trial_key: str) -> list[str]:
         for name, is_dir in storage.list_dir(ray_dir)
         if is_dir and name.startswith(trial_key)
     ]
+
+
+RUN_PACKAGES = (
+    *("atsweep", "torch", "torchvision", "ray", "mlflow", "optuna", "pyarrow", "pandas"),
+    *("numpy", "safetensors"),
+)
+
+
+def software_versions() -> dict[str, str]:
+    """Python and the versions of the packages a study's results depend on."""
+    out = {"python": platform.python_version()}
+    for name in RUN_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 def describe_trial(cfg: TrainConfig) -> str:
@@ -586,6 +605,18 @@ class Study:
             self.flush()
             raise
 
+    def write_study_info(self) -> None:
+        """RESULTS/study.json: the spec and the software of this run, for reports."""
+        info = {
+            "name": self.spec.name,
+            "tracking_uri": self.spec.tracking_uri(),
+            "spec": self.spec.model_dump(mode="json"),
+            "versions": software_versions(),
+            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        text = json.dumps(info, indent=2, sort_keys=False)
+        storage.write_bytes(storage.join(self.results_dir, "study.json"), text.encode())
+
     # ----- the whole study ------------------------------------------------------------------
     def run(self, address: str | None = None, spec_path: Path | None = None) -> StudySummary:
         import ray
@@ -597,6 +628,7 @@ class Study:
         self.epoch_buffer: list[dict[str, Any]] = []
         self.last_results: dict[str, dict[str, Any]] = {}
         self.last_flush = time.monotonic()
+        self.write_study_info()
         orphaned = self.mlflow.end_orphaned_runs()
         if orphaned:
             self.say(f"marked {orphaned} MLflow runs KILLED: left RUNNING by an earlier driver")

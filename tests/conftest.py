@@ -104,6 +104,29 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_server(proc)
 
 
+def run_study(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The `study` command of this venv, run to completion."""
+    return subprocess.run(
+        [str(BIN / "study"), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="session")
+def smoke(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+    """sweeps/smoke.yaml run once by `study run` (spec path, results folder, the run).
+    Tests that extend it run in tests/e2e/test_cli.py, before the report tests read it."""
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("smoke")
+    spec = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
+    spec["output"] = {"results_dir": str(tmp / "results")}
+    path = tmp / "smoke.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path, tmp / "results", run_study("run", str(path), cwd=tmp)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A real S3 endpoint on 127.0.0.1 (moto's server) with a bucket `results`; yields the

@@ -185,6 +185,10 @@ class MlflowSink:
     def has_run(self, key: str) -> bool:
         return key in self._runs_by_key
 
+    def find_run(self, key: str) -> str | None:
+        """The id of the run carrying this key, or None."""
+        return self._runs_by_key.get(key)
+
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         """Buffer metrics; they are sent at the next flush."""
         now = int(time.time() * 1000)
@@ -210,5 +214,5 @@ class MlflowSink:
         self.flush(run_id)
         self.client.set_terminated(run_id, status=status)
 
-    def log_artifact(self, run_id: str, path: Path) -> None:
-        self.client.log_artifact(run_id, str(path))
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,27 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import run_study
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDY = str(Path(sys.executable).parent / "study")
-
-
-def run_study(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([STUDY, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def smoke(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
-    tmp = tmp_path_factory.mktemp("smoke")
-    spec = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
-    spec["output"] = {"results_dir": str(tmp / "results")}
-    path = tmp / "smoke.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    first = run_study("run", str(path), cwd=tmp)
-    return path, tmp / "results", first
 
 
 def tables(results: Path) -> dict[str, pd.DataFrame]:

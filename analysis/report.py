@@ -1,0 +1,187 @@
+"""A study's report from its tables: one self-contained HTML page and markdown tables.
+
+The page embeds every figure (PNG as data URIs, so it can be mailed or archived as one file), the
+trade-off table, the claim checks C1-C6 with their verdicts, the study's spec and the software
+that produced the results (both from RESULTS/study.json, written by `study run`) and that drew
+the report. The markdown holds the same tables for a paper draft or a pull request.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.fs as pafs
+import yaml
+
+from analysis.claims import CLAIMS, check_claims, format_claims
+from analysis.figures import write_figures
+from analysis.stats import load_tables
+from analysis.tables import _filesystem, format_tradeoff, tradeoff_table
+
+STUDY_INFO = "study.json"
+REPORT_PACKAGES = ("pandas", "pyarrow", "numpy", "matplotlib")
+CLAIM_COLUMNS = [
+    *("claim", "source", "arch", "norm", "attack", "target", "setting", "statistic", "value"),
+    *("ci_low", "ci_high", "at_eps", "n_seeds", "n_eps", "verdict", "note"),
+]
+
+
+@dataclass(frozen=True)
+class Report:
+    """What write_report wrote."""
+
+    html: Path
+    markdown: Path
+    figures: list[Path] = field(default_factory=list)
+    claims: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def read_study_info(results_dir: str | Path) -> dict[str, Any]:
+    """RESULTS/study.json (name, spec, software versions of the run), or {} when absent."""
+    fs, root = _filesystem(str(results_dir))
+    path = f"{root}/{STUDY_INFO}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return {}
+    with fs.open_input_stream(path) as fh:
+        return dict(json.loads(fh.read().decode()))
+
+
+def _versions(packages: tuple[str, ...]) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _markdown_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "(empty)\n"
+    cells = df.astype(object).where(df.notna(), "").astype(str)
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |"]
+    lines.append("|" + "|".join("---" for _ in df.columns) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(df: pd.DataFrame, css_class: str) -> str:
+    if df.empty:
+        return "<p>(empty)</p>"
+    return df.to_html(
+        index=False, classes=css_class, na_rep="", border=0, float_format="{:.4g}".format
+    )
+
+
+def _figure_html(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    name = html.escape(path.stem.replace("_", " "))
+    return (
+        f'<figure id="fig-{html.escape(path.stem)}"><img alt="{name}" '
+        f'src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>'
+    )
+
+
+def _claims_html(claims: pd.DataFrame) -> str:
+    if claims.empty:
+        return '<p id="claims">No claim can be checked: the study has no finished trials yet.</p>'
+    heads = claims[claims["headline"].astype(bool)]
+    shown = heads[CLAIM_COLUMNS]
+    legend = "".join(
+        f"<li><b>{html.escape(c)}</b> {html.escape(text)}</li>" for c, text in CLAIMS.items()
+    )
+    return f'<ul>{legend}</ul><div id="claims">{_html_table(shown, "claims")}</div>'
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; }
+td:last-child { min-width: 18em; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; width: 820px; }
+figcaption { font-size: 0.85em; color: #555; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.8em; }
+"""
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path) -> Report:
+    """Write OUT/report.html, OUT/report.md and OUT/figures/ for a study's results folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = load_tables(results_dir)
+    figures = write_figures(tables, out / "figures")
+    tradeoff = tradeoff_table(results_dir)
+    claims = check_claims(tables)
+    info = read_study_info(results_dir)
+    name = str(info.get("name") or Path(str(results_dir)).name)
+    run_versions = info.get("versions", {})
+    report_versions = _versions(REPORT_PACKAGES)
+    generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    counts = {t: len(df) for t, df in tables.items()}
+
+    markdown = [
+        f"# Study {name}",
+        "",
+        f"Results: `{results_dir}`. Generated {generated}. Rows: "
+        + ", ".join(f"{t} {n}" for t, n in counts.items())
+        + ".",
+        "",
+        "## Trade-off table (mean ± std over seeds)",
+        "",
+        _markdown_table(tradeoff),
+        "## Claim checks",
+        "",
+        format_claims(claims),
+    ]
+    md_path = out / "report.md"
+    md_path.write_text("\n".join(markdown))
+    tradeoff.to_csv(out / "tradeoff.csv", index=False)
+    claims.to_csv(out / "claims.csv", index=False)
+
+    pngs = [p for p in figures if p.suffix == ".png"]
+    spec_text = yaml.safe_dump(info["spec"], sort_keys=False) if "spec" in info else "(unknown)"
+    versions = pd.DataFrame(
+        [
+            {"package": k, "run": run_versions.get(k, ""), "report": report_versions.get(k, "")}
+            for k in dict.fromkeys([*run_versions, *report_versions])
+        ]
+    )
+    body = [
+        f"<h1>Study {html.escape(name)}</h1>",
+        f"<p>Results: <code>{html.escape(str(results_dir))}</code>. Generated "
+        f"{html.escape(generated)}. Rows: "
+        + ", ".join(f"{html.escape(t)} {n}" for t, n in counts.items())
+        + ".</p>",
+        "<h2>Trade-off table</h2><p>Mean ± standard deviation over seeds.</p>",
+        f'<div id="tradeoff"><pre>{html.escape(format_tradeoff(tradeoff))}</pre></div>',
+        "<h2>Claim checks</h2><p>Headline rows; every row is in report.md and claims.csv. "
+        "Verdicts use 95% confidence intervals across seeds (analysis/claims.py states the "
+        "rules).</p>",
+        _claims_html(claims),
+        "<h2>Figures</h2>",
+        *(_figure_html(p) for p in pngs),
+        "" if pngs else "<p>No figure: the tables are empty.</p>",
+        "<h2>Spec</h2>",
+        f"<pre>{html.escape(spec_text)}</pre>",
+        "<h2>Software</h2>",
+        _html_table(versions, "versions"),
+    ]
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>Study {html.escape(name)}</title><style>{CSS}</style></head><body>"
+        + "\n".join(body)
+        + "</body></html>\n"
+    )
+    html_path = out / "report.html"
+    html_path.write_text(page)
+    return Report(html_path, md_path, figures, claims)

@@ -1,0 +1,75 @@
+"""`study report` on a real study: HTML and markdown written, logged to MLflow, and the page
+opened in a real headless Chromium (every figure loads, the claim table is there)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.browser import evaluate_page, find_chromium
+from tests.conftest import ROOT, run_study
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def report(smoke, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    _, results, first = smoke
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = tmp_path_factory.mktemp("report")
+    done = run_study("report", str(results), "--out", str(out), cwd=out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"report: {out / 'report.html'}" in done.stdout
+    return results, out
+
+
+def test_study_run_wrote_the_report_and_printed_its_path(smoke) -> None:  # type: ignore[no-untyped-def]
+    _, results, first = smoke
+    assert f"report: {results / 'report' / 'report.html'}" in first.stdout
+    assert (results / "report" / "report.md").is_file()
+
+
+def test_the_report_has_figures_tables_claims_spec_and_versions(report) -> None:  # type: ignore[no-untyped-def]
+    _, out = report
+    page = (out / "report.html").read_text()
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert {p.stem for p in pngs} >= {"source_accuracy", "transfer", "tradeoff", "fisher"}
+    assert all((out / "figures" / f"{p.stem}.svg").is_file() for p in pngs)
+    assert page.count('src="data:image/png;base64,') == len(pngs)  # self-contained
+    assert 'id="claims"' in page and "C2" in page and "name: smoke" in page
+    assert "torch" in page and "pyarrow" in page  # the run's and the report's software
+    markdown = (out / "report.md").read_text()
+    assert "## Claim checks" in markdown and "### C1" in markdown and "| source |" in markdown
+
+
+def test_the_report_is_logged_to_the_study_and_trial_runs(report) -> None:  # type: ignore[no-untyped-def]
+    results, _ = report
+    mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    runs = mlflow.search_runs(experiment_names=["smoke"])
+    parent = runs[runs["tags.atsweep.role"] == "study"]["run_id"].item()
+    logged = {f.path for f in client.list_artifacts(parent, "report")}
+    assert {"report/report.html", "report/report.md", "report/figures"} <= logged
+    for run_id in runs[runs["tags.atsweep.role"] == "trial"]["run_id"]:
+        assert [f.path for f in client.list_artifacts(run_id, "figures")], run_id
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="needs chromium (.ci/run installs it)")
+def test_the_report_opens_in_headless_chromium(report) -> None:  # type: ignore[no-untyped-def]
+    _, out = report
+    shot = ROOT / "test-artifacts" / "report-smoke.png"
+    widths, has_claims, title = evaluate_page(
+        out / "report.html",
+        [
+            "Array.from(document.images).map(i => i.naturalWidth)",
+            "!!document.querySelector('#claims table')",
+            "document.title",
+        ],
+        screenshot=shot,
+    )
+    assert len(widths) == len(list((out / "figures").glob("*.png"))) >= 4
+    assert all(w > 0 for w in widths), widths
+    assert has_claims and title == "Study smoke"
+    assert shot.is_file() and shot.stat().st_size > 10_000
