@@ -12,6 +12,13 @@ from analysis.figures import (
     write_figures,
 )
 from analysis.report import Report, read_study_info, write_report
+from analysis.search import (
+    hypervolume,
+    objective_points,
+    pareto_front,
+    plot_search_vs_grid,
+    search_summary,
+)
 from analysis.stats import (
     COLUMNS_READ,
     KNOWN_SCHEMA_VERSION,
@@ -35,18 +42,23 @@ __all__ = [
     "check_claims",
     "format_claims",
     "format_tradeoff",
+    "hypervolume",
     "join_trials",
     "load_table",
     "load_tables",
     "mean_ci",
+    "objective_points",
+    "pareto_front",
     "plot_fisher",
     "plot_inversion",
     "plot_reconstructions",
+    "plot_search_vs_grid",
     "plot_source_accuracy",
     "plot_tradeoff",
     "plot_transfer",
     "plot_trial_curves",
     "read_study_info",
+    "search_summary",
     "t_quantile",
     "tradeoff_table",
     "welch_diff_ci",
