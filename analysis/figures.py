@@ -543,5 +543,8 @@ def plot_trial_curves(epochs: pd.DataFrame, out_dir: str | Path) -> dict[str, Pa
             _cap_accuracy(acc_ax)
             acc_ax.legend()
             fig.suptitle(f"trial {key}")
-            out[str(key)] = _save(fig, out_dir, f"trial_{key}")[0]
+            out_path = Path(out_dir)
+            out_path.mkdir(parents=True, exist_ok=True)
+            fig.savefig(out_path / f"trial_{key}.png")  # PNG only: one per trial, for MLflow
+            out[str(key)] = out_path / f"trial_{key}.png"
     return out

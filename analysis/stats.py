@@ -23,7 +23,7 @@ from analysis.tables import TABLES, _filesystem, load_table
 
 # The schema version of study/sinks/parquet.py this analysis was written against; the contract
 # test tests/unit/test_analysis_contract.py keeps the two equal.
-KNOWN_SCHEMA_VERSION = 2
+KNOWN_SCHEMA_VERSION = 3
 VERSION_KEY = b"atsweep.schema_version"
 
 # The grid columns that place a row: a block is (source, arch, norm, attack), a curve runs over eps.
@@ -33,7 +33,9 @@ GRID = [*BLOCK, "eps", "seed"]
 # Every column analysis/ reads, per table (tables.py, stats.py, claims.py, figures.py). The
 # contract test checks that each is declared in study's SCHEMAS for that table.
 COLUMNS_READ: dict[str, list[str]] = {
-    "trials": ["trial_key", *GRID, "test_acc_clean", "test_acc_pgd", "mlflow_run_id"],
+    "trials": [
+        *("trial_key", *GRID, "test_acc_clean", "test_acc_pgd", "mlflow_run_id", "proposed_by"),
+    ],
     "epochs": ["trial_key", "epoch", "train_loss", "train_acc", "test_acc_clean", "test_acc_pgd"],
     "transfer": ["eval_key", "trial_key", "kind", *GRID, "target", "test_acc"],
     "fisher": [

@@ -18,7 +18,22 @@ from trainables import storage
 from trainables.data import DataMissingError
 
 
+def _print_search(spec: SweepSpec) -> None:
+    se = spec.search
+    assert se is not None
+    objectives = ", ".join(f"{o.metric} ({o.direction})" for o in se.objectives)
+    space = se.space.model_dump(exclude_none=True, mode="json")
+    print(f"study {spec.name}: Optuna search, {se.num_trials} trials ({se.max_concurrent} at once)")
+    print(f"sampler: {se.sampler_class()} (seed {se.sampler_seed}); objectives: {objectives}")
+    print(f"space: {space}; source {se.source.to_ref().id}, seed {se.seed}")
+    print(f"early stopping: {se.early_stopping.method}; Optuna storage: {spec.optuna_storage()}")
+    print(f"results: {spec.results_dir()}   MLflow: {spec.tracking_uri()}")
+
+
 def _print_trials(spec: SweepSpec) -> None:
+    if spec.search is not None:
+        _print_search(spec)
+        return
     configs = spec.expand()
     print(f"study {spec.name}: {len(configs)} trials")
     rows = [
@@ -77,10 +92,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"parquet tables: {tables}  (pandas.read_parquet on each folder)")
     print(f"MLflow: {spec.tracking_uri()}")
     print(f"  browse it: {mlflow_ui_command(spec.tracking_uri())}  then open http://127.0.0.1:5000")
-    from study.reporting import default_report_dir, publish_report
+    if not args.no_report:
+        from study.reporting import default_report_dir, publish_report
 
-    report = publish_report(results, default_report_dir(results, spec.name))
-    print(f"report: {report.html.resolve()}")
+        report = publish_report(results, default_report_dir(results, spec.name))
+        print(f"report: {report.html.resolve()}")
     return 1 if summary.failures else 0
 
 
@@ -181,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument(
         "--address", default=None, help="Ray cluster address (default: start a local Ray)"
+    )
+    p.add_argument(
+        "--no-report", action="store_true", help="skip the report (write it later: study report)"
     )
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("submit", help="send a study to a Ray cluster as a job")

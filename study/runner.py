@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import tempfile
@@ -37,7 +38,7 @@ from study.spec import (
     transfer_key,
 )
 from trainables import storage
-from trainables.config import TrainConfig, to_canonical, train_config_from_dict
+from trainables.config import TrainConfig, to_canonical, train_config_from_dict, trial_config
 from trainables.data import LoadRequest
 from trainables.evals import EvalTask
 
@@ -59,7 +60,7 @@ def check_data(spec: SweepSpec, load: LoadRequest) -> None:
     """
     from trainables.data.vision import check_available
 
-    names = {s.dataset for s in spec.grid.sources} | {
+    names = {s.dataset for s in spec.sources()} | {
         t.dataset for t in spec.evaluations.transfer.targets
     }
     for name in sorted(names):
@@ -184,7 +185,8 @@ class Study:
         )
         self.summary = StudySummary()
         self.configs = spec.expand()
-        self.summary.trials_total = len(self.configs)
+        self.summary.trials_total = spec.search.num_trials if spec.search else len(self.configs)
+        self.proposed_by = spec.search.proposed_by() if spec.search else "grid"
         self.pending: dict[Any, PendingEval] = {}
         self.trial_runs: dict[str, str] = {}
         self.parent_run_id = ""
@@ -212,7 +214,7 @@ class Study:
                 role="trial",
                 parent_run_id=self.parent_run_id,
                 params=to_canonical(asdict(cfg)),
-                tags={"trial_key": key},
+                tags={"trial_key": key, "atsweep.proposed_by": self.proposed_by},
             )
         return self.trial_runs[key]
 
@@ -325,7 +327,7 @@ class Study:
                     )
                 )
             seen.add(key)
-            for cfg in self.configs:
+            for cfg in self.spec.baseline_configs():
                 key = random_init_key(cfg, target, probe)
                 if key in seen or self.parquet.has("transfer", key):
                     seen.add(key)
@@ -516,7 +518,11 @@ class Study:
     def record_epoch(self, cfg: TrainConfig, result: dict[str, Any]) -> None:
         """Buffer one epoch's row and metrics (written at the next flush)."""
         epoch = int(result["epoch"])
-        metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
+        metrics = {
+            k: v
+            for k, v in result.items()
+            if "/" in k and isinstance(v, (int, float)) and not math.isnan(v)
+        }
         self.mlflow.log_metrics(self.trial_run(cfg), metrics, step=epoch)
         self.epoch_buffer.append(
             {
@@ -568,6 +574,7 @@ class Study:
             "train_time_s": result.get("time_total_s"),
             "checkpoint_path": checkpoint,
             "node_id": result.get("node_id"),
+            "proposed_by": self.proposed_by,
             "mlflow_run_id": run_id,
             "completed_at": datetime.now(timezone.utc),
         }
@@ -638,7 +645,7 @@ class Study:
         cached_rows = {
             r["trial_key"]: r
             for r in read_table(storage.join(self.parquet.tables_dir, "trials"), "trials")
-            .select(["trial_key", "checkpoint_path", "mlflow_run_id"])
+            .select(["trial_key", "checkpoint_path", "mlflow_run_id", "config_json", "proposed_by"])
             .to_pylist()
         }
         evals: list[PendingEval] = self.baseline_tasks()
@@ -650,29 +657,55 @@ class Study:
             self.summary.trials_cached += 1
             self.trial_runs[cfg.key] = row["mlflow_run_id"]
             evals += self.eval_tasks_for(cfg, row["checkpoint_path"], row["mlflow_run_id"])
-        self.say(
-            f"study {self.spec.name}: {len(self.configs)} trials "
-            f"({self.summary.trials_cached} cached, {len(todo)} to run), "
-            f"{len(evals)} evaluations queued now"
-        )
-        if (todo or evals) and not ray.is_initialized():
+        if self.spec.search is None:
+            self.say(
+                f"study {self.spec.name}: {len(self.configs)} trials "
+                f"({self.summary.trials_cached} cached, {len(todo)} to run), "
+                f"{len(evals)} evaluations queued now"
+            )
+        else:
+            # Evaluations of the search's earlier trials that an earlier driver did not finish.
+            for row in cached_rows.values():
+                if row["proposed_by"] == self.proposed_by and row["config_json"]:
+                    cfg = train_config_from_dict(json.loads(row["config_json"]))
+                    self.trial_runs[cfg.key] = row["mlflow_run_id"]
+                    evals += self.eval_tasks_for(cfg, row["checkpoint_path"], row["mlflow_run_id"])
+            self.say(f"study {self.spec.name}: {len(evals)} evaluations queued now")
+        search_budget = search_done = 0
+        if self.spec.search is not None:
+            from study.search import open_optuna_study
+
+            self.optuna_storage, search_done, orphans = open_optuna_study(self.spec)
+            search_budget = max(0, self.spec.search.num_trials - search_done)
+            self.summary.trials_cached = min(search_done, self.spec.search.num_trials)
+            if orphans:
+                self.say(f"marked {orphans} Optuna trials FAIL: left RUNNING by an earlier driver")
+            self.say(
+                f"search {self.spec.search.sampler}: {search_done} of "
+                f"{self.spec.search.num_trials} trials done, {search_budget} to propose"
+            )
+        if (todo or evals or search_budget) and not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, logging_level="ERROR")
             self.check_cluster_fits(address)
             # The ResultGrid looks for Tune's own result files, which the sinks replace.
             logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         self.submit(evals)
 
-        if todo:
-            by_key = {cfg.key: cfg for cfg in todo}
+        if todo or search_budget > 0:
             res = self.spec.resources
             ray_dir = storage.join(self.results_dir, "ray", self.spec.name)
             attempt = time.strftime("%Y%m%d-%H%M%S")
+            # Tune pickles its experiment (these closures too): they capture plain values only.
+            is_search = self.spec.search is not None
             trainable = tune.with_resources(
                 train_trial, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
             )
-            tuner = tune.Tuner(
-                trainable,
-                param_space={
+            common = {
+                "load": asdict(self.load),
+                "run_options": asdict(self.spec.training.run_options()),
+            }
+            if self.spec.search is None:
+                param_space = {
                     "train": tune.grid_search(
                         [
                             {
@@ -683,24 +716,44 @@ class Study:
                             for c in todo
                         ]
                     ),
-                    "load": asdict(self.load),
-                    "run_options": asdict(self.spec.training.run_options()),
-                },
+                    **common,
+                }
+                options: dict[str, Any] = {"max_concurrent_trials": res.max_concurrent_trials}
+            else:
+                from study.search import (
+                    search_param_space,
+                    search_train_config,
+                    search_tune_options,
+                )
+
+                param_space = {
+                    "train": search_train_config(self.spec),
+                    **search_param_space(self.spec),
+                    **common,
+                }
+                options = {
+                    "num_samples": search_budget,
+                    **search_tune_options(self.spec, self.optuna_storage, search_done),
+                }
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
                 tune_config=tune.TuneConfig(
                     reuse_actors=res.reuse_actors,
-                    max_concurrent_trials=res.max_concurrent_trials,
                     # One folder per attempt at a trial: a re-run never writes into the
                     # checkpoints of an earlier attempt, which it may resume from.
-                    trial_dirname_creator=lambda t: f"{t.config['train']['trial_key']}-{attempt}",
-                    trial_name_creator=lambda t: describe_trial(
-                        by_key[t.config["train"]["trial_key"]]
+                    trial_dirname_creator=lambda t: (
+                        f"{trial_config(t.config).key}-{attempt}"
+                        + (f"-{t.trial_id}" if is_search else "")
                     ),
+                    trial_name_creator=lambda t: describe_trial(trial_config(t.config)),
+                    **options,
                 ),
                 run_config=tune.RunConfig(
                     name=self.spec.name,
                     storage_path=storage.join(self.results_dir, "ray"),
                     verbose=0,
-                    callbacks=[StudyCallback(self, by_key)],
+                    callbacks=[StudyCallback(self)],
                     failure_config=tune.FailureConfig(max_failures=res.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 ),
@@ -722,13 +775,14 @@ def _make_callback_class() -> type:
     class _StudyCallback(tune.Callback):  # type: ignore[misc]
         """Tune's driver-side hooks, forwarded to the Study (the single writer)."""
 
-        def __init__(self, study: Study, by_key: dict[str, TrainConfig]) -> None:
+        def __init__(self, study: Study) -> None:
             self.study = study
-            self.by_key = by_key
+            self.configs: dict[str, TrainConfig] = {}
 
         def _cfg(self, trial: Any) -> TrainConfig:
-            key = trial.config["train"]["trial_key"]
-            return self.by_key.get(key) or train_config_from_dict(trial.config["train"]["config"])
+            if trial.trial_id not in self.configs:
+                self.configs[trial.trial_id] = trial_config(trial.config)
+            return self.configs[trial.trial_id]
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.study.trial_run(self._cfg(trial))
@@ -766,6 +820,6 @@ def describe_trial_error(trial: Any) -> str:
     return f"{last} (traceback: {error_file})" if error_file else last
 
 
-def StudyCallback(study: Study, by_key: dict[str, TrainConfig]) -> Any:  # noqa: N802
+def StudyCallback(study: Study) -> Any:  # noqa: N802
     """A Tune callback bound to a study (built lazily so that importing this needs no ray)."""
-    return _make_callback_class()(study, by_key)
+    return _make_callback_class()(study)

@@ -604,17 +604,234 @@ class ResourcesSpec(StrictModel):
         }
 
 
+class RangeSpec(StrictModel):
+    """A continuous search dimension: low..high, sampled on a log scale when log is true."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RangeSpec:
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise spec_error(
+                "range", "low must be below high, both finite", field="low", value=self.low
+            )
+        if self.log and self.low <= 0:
+            raise spec_error(
+                "log_range", "a log-scale range needs low > 0", field="low", value=self.low
+            )
+        return self
+
+
+class SpaceSpec(StrictModel):
+    """What a search varies: ranges (eps, lr, weight_decay) and choices (archs, norms)."""
+
+    eps: RangeSpec | list[float] | None = None
+    lr: RangeSpec | None = None
+    weight_decay: RangeSpec | None = None
+    archs: list[ArchSpec] | None = Field(None, min_length=1)
+    norms: list[Literal["l2", "linf"]] | None = Field(None, min_length=1)
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _parse_eps(cls, value: Any) -> Any:
+        return [parse_eps(v) for v in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> SpaceSpec:
+        if all(getattr(self, k) is None for k in type(self).model_fields):
+            raise spec_error(
+                "empty_space",
+                "the search space is empty: give at least one of eps, lr, weight_decay, archs, "
+                "norms",
+            )
+        if isinstance(self.eps, RangeSpec) and self.eps.low < 0:
+            raise spec_error("eps_value", "eps must be >= 0", field="eps.low", value=self.eps.low)
+        return self
+
+
+class ObjectiveSpec(StrictModel):
+    """One objective of a search: a metric every trial produces, and its direction."""
+
+    metric: str
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class EarlyStoppingSpec(StrictModel):
+    """ASHA on the per-epoch objective (single-objective searches only)."""
+
+    method: Literal["none", "asha"] = "none"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+# Short names of Optuna samplers; any class name in optuna.samplers works too.
+SAMPLERS = {
+    "tpe": "TPESampler",
+    "nsga2": "NSGAIISampler",
+    "nsga3": "NSGAIIISampler",
+    "random": "RandomSampler",
+    "cmaes": "CmaEsSampler",
+    "qmc": "QMCSampler",
+    "gp": "GPSampler",
+}
+SOURCE_METRICS = {"test_acc_clean": "test/acc_clean", "test_acc_pgd": "test/acc_pgd"}
+
+
+def objective_metric(name: str) -> str:
+    """The Tune metric of an objective: test/acc_clean, test/acc_pgd, objective/transfer/ID."""
+    if name in SOURCE_METRICS:
+        return SOURCE_METRICS[name]
+    return "objective/transfer/" + name.split(":", 1)[1]
+
+
+class SearchSpec(StrictModel):
+    """An Optuna search instead of a grid: a sampler proposes each trial's eps, lr, arch...
+
+    Objectives are test_acc_clean, test_acc_pgd (source, at the trial's last epoch) or
+    transfer:TARGET (the linear probe on one of evaluations.transfer.targets, computed inside
+    the trial at its end so that the sampler sees it).
+    """
+
+    source: DatasetSpec
+    arch: ArchSpec | None = None
+    norm: Literal["l2", "linf"] = "l2"
+    seed: int = Field(0, ge=0)
+    space: SpaceSpec
+    objectives: list[ObjectiveSpec] = Field(min_length=1)
+    sampler: str = "tpe"
+    sampler_seed: int = 0
+    num_trials: int = Field(ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
+    storage: str | None = None
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, name: str) -> str:
+        import optuna
+
+        if name in SAMPLERS or (name.endswith("Sampler") and hasattr(optuna.samplers, name)):
+            return name
+        raise spec_error(
+            "sampler",
+            f"unknown Optuna sampler {name!r}: use one of {', '.join(SAMPLERS)} or a class name "
+            "of optuna.samplers (e.g. TPESampler)",
+        )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchSpec:
+        if self.arch is None and self.space.archs is None:
+            raise spec_error(
+                "missing_arch",
+                "a search needs an arch, or a list of archs in space.archs",
+                field="arch",
+                value=None,
+            )
+        names = [o.metric for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise spec_error("objectives", "an objective is listed twice: list each once")
+        if self.early_stopping.method == "asha" and (
+            len(self.objectives) != 1 or names[0] not in SOURCE_METRICS
+        ):
+            raise spec_error(
+                "asha",
+                "ASHA stops trials on a per-epoch metric: use it with one objective, "
+                "test_acc_clean or test_acc_pgd",
+                field="early_stopping.method",
+                value="asha",
+            )
+        return self
+
+    def sampler_class(self) -> str:
+        return SAMPLERS.get(self.sampler, self.sampler)
+
+    def proposed_by(self) -> str:
+        return f"optuna:{self.sampler}"
+
+    def arch_choices(self) -> list[ArchSpec]:
+        return list(self.space.archs) if self.space.archs else [self.arch]  # type: ignore[list-item]
+
+
 class SweepSpec(StrictModel):
-    """A whole study: the grid, how to train, what to evaluate, where results go."""
+    """A whole study: the grid (or a search), how to train, what to evaluate, where results go."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
     description: str = ""
-    grid: GridSpec
+    grid: GridSpec | None = None
+    search: SearchSpec | None = None
     training: TrainingSpec = TrainingSpec()
     data: DataSpec = DataSpec()
     evaluations: EvaluationsSpec = EvaluationsSpec()
     output: OutputSpec = OutputSpec()
     resources: ResourcesSpec = ResourcesSpec()
+
+    @model_validator(mode="after")
+    def _grid_or_search(self) -> SweepSpec:
+        if (self.grid is None) == (self.search is None):
+            raise spec_error(
+                "grid_or_search",
+                "give either grid (every cell trained) or search (an Optuna sampler proposes "
+                "trials), not both and not neither",
+                field="grid" if self.grid is None else "search",
+                value=None if self.grid is None else "both",
+            )
+        if self.search is not None:
+            targets = {t.to_ref().id for t in self.evaluations.transfer.targets}
+            for i, objective in enumerate(self.search.objectives):
+                name = objective.metric
+                if name in SOURCE_METRICS:
+                    continue
+                if not (name.startswith("transfer:") and name.split(":", 1)[1] in targets):
+                    known = [*SOURCE_METRICS, *(f"transfer:{t}" for t in sorted(targets))]
+                    raise spec_error(
+                        "objective",
+                        f"no evaluation produces {name!r}: use one of {', '.join(known)} "
+                        "(a transfer objective needs its target in evaluations.transfer.targets)",
+                        field=f"search.objectives.{i}.metric",
+                        value=name,
+                    )
+            if self.search.storage is None and storage.is_remote(self.output.results_dir or ""):
+                raise spec_error(
+                    "search_storage",
+                    "results_dir is a URI, so the default Optuna storage (a SQLite file in the "
+                    "results folder) cannot be used: set search.storage to a database URL",
+                    field="search.storage",
+                    value=None,
+                )
+        return self
+
+    def optuna_storage(self) -> str:
+        """The Optuna storage URL of a search (default: optuna.db in the results folder)."""
+        assert self.search is not None
+        return self.search.storage or f"sqlite:///{storage.join(self.results_dir(), 'optuna.db')}"
+
+    def base_config(self, arch: ArchSpec | None = None) -> TrainConfig:
+        """A search's trial config before the sampler's values are applied."""
+        assert self.search is not None
+        se = self.search
+        return TrainConfig(
+            source=se.source.to_ref(),
+            arch=(arch or se.arch_choices()[0]).to_ref(),
+            norm=se.norm,
+            eps=0.0,
+            seed=se.seed,
+            optim=self.training.to_config(),
+            attack=self.training.attack.to_config(),
+            eval_attack=self.training.eval_attack.to_config(),
+            data=self.data.to_config(),
+            deterministic=self.training.deterministic,
+        )
+
+    def baseline_configs(self) -> list[TrainConfig]:
+        """Configs whose (source, arch, seed) the random-init baselines cover."""
+        if self.search is not None:
+            return [self.base_config(a) for a in self.search.arch_choices()]
+        return self.expand()
+
+    def sources(self) -> list[DatasetSpec]:
+        return [self.search.source] if self.search is not None else list(self.grid.sources)  # type: ignore[union-attr]
 
     def results_dir(self) -> str:
         """The study's output folder (default results/NAME): an absolute local path or a URI."""
@@ -630,8 +847,11 @@ class SweepSpec(StrictModel):
         return f"sqlite:///{storage.join(self.results_dir(), 'mlflow.db')}"
 
     def expand(self) -> list[TrainConfig]:
-        """One TrainConfig per grid cell, in the order source, arch, norm, eps, seed."""
+        """One TrainConfig per grid cell, in the order source, arch, norm, eps, seed; none for
+        a search (its trials are proposed as it runs)."""
         g = self.grid
+        if g is None:
+            return []
         optim = self.training.to_config()
         attacks = [a.to_config() for a in (g.attacks or [self.training.attack])]
         eval_attack = self.training.eval_attack.to_config()
@@ -661,7 +881,8 @@ class SweepSpec(StrictModel):
 def format_validation_error(err: ValidationError) -> str:
     """The first error as one line: field = value: rule and fix."""
     first = err.errors()[0]
-    loc = [str(p) for p in first["loc"]]
+    # Drop pydantic's union-member tags (RangeSpec, list[float], function-after[...]).
+    loc = [str(p) for p in first["loc"] if not ("[" in str(p) or re.fullmatch(r"[A-Z]\w*", str(p)))]
     ctx = first.get("ctx") or {}
     value = ctx.get("value", first.get("input"))
     if "field" in ctx:

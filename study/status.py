@@ -56,13 +56,22 @@ def study_status(spec: SweepSpec, with_mlflow: bool = True) -> StudyStatus:
     with_mlflow, the study's runs by state."""
     tables = storage.join(spec.results_dir(), "tables")
     keys = {c.key for c in spec.expand()}
+    total = spec.search.num_trials if spec.search is not None else len(keys)
     done = set()
     rows: dict[str, int] = {}
     for table in KEYS:
         data = read_table(storage.join(tables, table), table)
         rows[table] = data.num_rows
-        if table == "trials":
+        if table == "trials" and spec.search is None:
             done = set(data.column("trial_key").to_pylist()) & keys
+        elif table == "trials":
+            mine = spec.search.proposed_by()  # type: ignore[union-attr]
+            by = data.column("proposed_by").to_pylist()
+            done = {
+                k
+                for k, p in zip(data.column("trial_key").to_pylist(), by, strict=True)
+                if p == mine
+            }
     trial_runs: dict[str, int] = {}
     eval_runs: dict[str, int] = {}
     error = None
@@ -71,7 +80,7 @@ def study_status(spec: SweepSpec, with_mlflow: bool = True) -> StudyStatus:
             trial_runs, eval_runs = run_states(spec)
         except Exception as exc:  # a status report must not fail on an unreachable server
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    return StudyStatus(spec.name, len(keys), len(done), rows, trial_runs, eval_runs, error)
+    return StudyStatus(spec.name, total, len(done), rows, trial_runs, eval_runs, error)
 
 
 def format_status(status: StudyStatus) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 # Bumped when a change to the code changes results for the same config, so old cache entries
@@ -234,3 +234,34 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Inverse of dataclasses.asdict for TrainConfig (used where configs cross processes)."""
     result: TrainConfig = _build(TrainConfig, data)
     return result
+
+
+SEARCH_PARAMS = ("eps", "lr", "weight_decay", "arch", "norm")
+
+
+def apply_search_params(
+    base: TrainConfig, params: dict[str, Any], archs: dict[str, dict[str, Any]]
+) -> TrainConfig:
+    """A search trial's config: base with the sampler's values (eps, lr, weight_decay, norm, and
+    arch by its id in archs) put in."""
+    cfg = base
+    if "eps" in params:
+        cfg = replace(cfg, eps=float(params["eps"]))
+    if "norm" in params:
+        cfg = replace(cfg, norm=str(params["norm"]))
+    if "arch" in params:
+        cfg = replace(cfg, arch=_build(ArchRef, archs[str(params["arch"])]))
+    optim = {k: float(params[k]) for k in ("lr", "weight_decay") if k in params}
+    if optim:
+        cfg = replace(cfg, optim=replace(cfg.optim, **optim))
+    return cfg
+
+
+def trial_config(config: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a Tune trial's config: a grid cell's, or a search proposal's."""
+    train = config["train"]
+    if "search" not in train:
+        return train_config_from_dict(train["config"])
+    search = train["search"]
+    params = {k: config[k] for k in SEARCH_PARAMS if k in config}
+    return apply_search_params(train_config_from_dict(search["base"]), params, search["archs"])

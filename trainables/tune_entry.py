@@ -7,6 +7,7 @@ as the CPUs Ray allotted it, so concurrent trials never oversubscribe the cores.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import tempfile
 import warnings
@@ -20,22 +21,63 @@ from ray import tune
 
 from trainables import storage
 from trainables.checkpoint import find_latest_valid_checkpoint
-from trainables.config import RunOptions, train_config_from_dict
+from trainables.config import (
+    DatasetRef,
+    ProbeConfig,
+    RunOptions,
+    TrainConfig,
+    trial_config,
+)
 from trainables.data import LoadRequest, build_dataset
-from trainables.evals import EvalTask, run_evaluation
+from trainables.evals import EvalTask, evaluate_transfer, run_evaluation
 from trainables.training import run_training
 
 logger = logging.getLogger(__name__)
 
 
 class TuneReporter:
-    """Reports a training epoch's metrics and checkpoint to Tune."""
+    """Reports a training epoch's metrics and checkpoint to Tune.
+
+    A search trial's last epoch also carries its transfer objectives (objective/transfer/ID),
+    computed here from that epoch's checkpoint so that the sampler sees them.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig | None = None,
+        objectives: list[dict[str, Any]] | None = None,
+        load: LoadRequest | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.cfg, self.objectives = cfg, objectives or []
+        self.load, self.device = load or LoadRequest(), device
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         # Which Ray node trained it: kept in the trials table.
         node = ray.get_runtime_context().get_node_id()
-        tune.report({**metrics, "node_id": node}, checkpoint=checkpoint)
+        # Every result names every objective (Tune checks); only the last epoch's are values.
+        extra = {self.objective_name(o): math.nan for o in self.objectives}
+        last = self.cfg is not None and int(metrics.get("epoch", -1)) == self.cfg.optim.epochs - 1
+        if last and checkpoint_dir is not None:
+            extra = self.objective_metrics(checkpoint_dir)
+        tune.report({**metrics, **extra, "node_id": node}, checkpoint=checkpoint)
+
+    @staticmethod
+    def objective_name(objective: dict[str, Any]) -> str:
+        return f"objective/transfer/{DatasetRef(**objective['target']).id}"
+
+    def objective_metrics(self, checkpoint_dir: Path) -> dict[str, float]:
+        assert self.cfg is not None
+        out = {}
+        for objective in self.objectives:
+            target = DatasetRef(**objective["target"])
+            probe = ProbeConfig(**objective["probe"])
+            result = evaluate_transfer(
+                self.cfg, checkpoint_dir, target, self.cfg.data, probe, self.load, self.device
+            )
+            out[self.objective_name(objective)] = float(result["test_acc"])
+        return out
 
 
 def configure_worker() -> torch.device:
@@ -86,12 +128,14 @@ def _local_attempt(location: str) -> Path:
 def train_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: train one grid cell, resuming from its newest valid checkpoint."""
     device = configure_worker()
-    cfg = train_config_from_dict(config["train"]["config"])
+    cfg = trial_config(config)
     load = LoadRequest(**config.get("load", {}))
     options = RunOptions(**config.get("run_options", {}))
     splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
     resume = find_resume_checkpoint(config)
-    run_training(cfg, splits, TuneReporter(), device=device, resume_from=resume, options=options)
+    objectives = config["train"].get("search", {}).get("objectives", [])
+    reporter = TuneReporter(cfg, objectives, load, device)
+    run_training(cfg, splits, reporter, device=device, resume_from=resume, options=options)
 
 
 def run_eval_task(task: EvalTask) -> dict[str, Any]:

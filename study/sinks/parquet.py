@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from trainables import storage
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _TRIAL_CONFIG = [
     pa.field("trial_key", pa.string(), nullable=False),
@@ -72,6 +72,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("train_time_s", pa.float64()),
             pa.field("checkpoint_path", pa.string()),
             pa.field("node_id", pa.string()),
+            pa.field("proposed_by", pa.string()),  # grid, or optuna:SAMPLER (version 3)
             pa.field("mlflow_run_id", pa.string()),
             pa.field("completed_at", pa.timestamp("ms", tz="UTC")),
         ]

@@ -76,7 +76,7 @@ def test_mlflow_has_one_parent_and_its_nested_runs(smoke) -> None:  # type: igno
 def test_running_twice_adds_no_rows_and_no_runs(smoke) -> None:  # type: ignore[no-untyped-def]
     path, results, _ = smoke
     before = {n: len(df) for n, df in tables(results).items()}
-    second = run_study("run", str(path), cwd=path.parent)
+    second = run_study("run", str(path), "--no-report", cwd=path.parent)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "2 cached, 0 to run" in second.stdout
     assert {n: len(df) for n, df in tables(results).items()} == before
@@ -93,7 +93,7 @@ def test_extending_the_grid_runs_only_the_new_cells(smoke) -> None:  # type: ign
     extended = path.parent / "extended.yaml"
     extended.write_text(yaml.safe_dump(spec))
     before = tables(results)
-    out = run_study("run", str(extended), cwd=path.parent)
+    out = run_study("run", str(extended), "--no-report", cwd=path.parent)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 cached, 1 to run" in out.stdout
     t = tables(results)

@@ -76,7 +76,7 @@ def test_killed_driver_rerun_resumes_from_checkpoints_without_duplicates(tmp_pat
     ray_dir = tmp_path / "results" / "ray" / "faults"
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(
-        [STUDY, "run", str(path)],
+        [STUDY, "run", str(path), "--no-report"],
         cwd=tmp_path,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -93,7 +93,11 @@ def test_killed_driver_rerun_resumes_from_checkpoints_without_duplicates(tmp_pat
     assert killed_at < 7, "the study finished before it was killed"
 
     second = subprocess.run(
-        [STUDY, "run", str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=600
+        [STUDY, "run", str(path), "--no-report"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     results = tmp_path / "results"
@@ -122,7 +126,7 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Pat
     path = fault_spec(tmp_path, [0.5])
     ray_dir = tmp_path / "results" / "ray" / "faults"
     study = subprocess.Popen(
-        [STUDY, "run", str(path)],
+        [STUDY, "run", str(path), "--no-report"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

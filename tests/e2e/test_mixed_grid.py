@@ -53,7 +53,11 @@ def test_mixed_grid_runs_every_cell_and_transfers_across_formats(tmp_path: Path)
     path = tmp_path / "mixed.yaml"
     path.write_text(yaml.safe_dump(spec))
     out = subprocess.run(
-        [STUDY, "run", str(path)], capture_output=True, text=True, timeout=600, cwd=tmp_path
+        [STUDY, "run", str(path), "--no-report"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     trials = pd.read_parquet(tmp_path / "results" / "tables" / "trials")

@@ -91,7 +91,11 @@ def test_a_study_with_an_s3_results_root(s3_env: dict[str, str], tmp_path: Path)
 
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [STUDY, "run", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True
+            [STUDY, "run", str(path), "--no-report"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
         )
 
     first = run()

@@ -32,7 +32,7 @@ def test_a_20_second_outage_loses_nothing_and_logging_catches_up(tmp_path: Path)
     path = tmp_path / "outage.yaml"
     path.write_text(yaml.safe_dump(spec))
     study = subprocess.Popen(
-        [STUDY, "run", str(path)],
+        [STUDY, "run", str(path), "--no-report"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

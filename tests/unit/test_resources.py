@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from study.cli import main
 from study.resources import NodeType, check_resources, node_types_from_config, node_types_from_yaml
 from study.spec import ResourcesSpec, SpecError, SweepSpec
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-STUDY = str(Path(sys.executable).parent / "study")
 CLUSTER = ROOT / "cluster.yaml"
 
 
@@ -88,30 +86,20 @@ def test_undeclared_resources_are_unknown_and_never_reject() -> None:
     check_resources(ResourcesSpec(cpus_per_trial=64, gpus_per_trial=8), types, "here")
 
 
-def test_validate_and_submit_check_the_cluster_yaml(tmp_path: Path) -> None:
-    ok = subprocess.run(
-        [STUDY, "validate", str(smoke_with(tmp_path, gpus_per_trial=1)), "--cluster", str(CLUSTER)],
-        capture_output=True,
-        text=True,
-        timeout=120,
+def test_validate_and_submit_check_the_cluster_yaml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(["validate", str(smoke_with(tmp_path, gpus_per_trial=1)), "--cluster", str(CLUSTER)])
+        == 0
     )
-    assert ok.returncode == 0, ok.stderr
+    capsys.readouterr()
+    spec = smoke_with(tmp_path, gpus_per_trial=64)
     for command in (["validate"], ["submit", "--address", "http://127.0.0.1:9"]):
-        spec = smoke_with(tmp_path, gpus_per_trial=64)
-        out = subprocess.run(
-            [STUDY, *command, str(spec), "--cluster", str(CLUSTER)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=tmp_path,
-        )
-        assert out.returncode == 2, out.stderr
-        assert out.stderr.count("\n") == 1 and "resources.gpus_per_trial = 64" in out.stderr
-    missing = subprocess.run(
-        [STUDY, "validate", str(spec), "--cluster", str(tmp_path / "nope.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert missing.returncode == 2
-    assert "nope.yaml" in missing.stderr and "not found" in missing.stderr
+        assert main([*command, str(spec), "--cluster", str(CLUSTER)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "resources.gpus_per_trial = 64" in err
+    assert main(["validate", str(spec), "--cluster", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.yaml" in err and "not found" in err
