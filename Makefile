@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --durations=12
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_evals.py --json benchmarks/evals.json
+	$(BIN)/python benchmarks/bench_search.py --json benchmarks/search.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

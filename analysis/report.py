@@ -24,6 +24,7 @@ import yaml
 
 from analysis.claims import CLAIMS, check_claims, format_claims
 from analysis.figures import write_figures
+from analysis.search import objective_points, pareto_front
 from analysis.stats import load_tables
 from analysis.tables import _filesystem, format_tradeoff, tradeoff_table
 
@@ -92,6 +93,21 @@ def _figure_html(path: Path) -> str:
     )
 
 
+def search_section(tables: dict[str, pd.DataFrame], info: dict[str, Any]) -> pd.DataFrame | None:
+    """For a search study: its Pareto front (the trials no other beats on every objective),
+    or None for a grid."""
+    search = (info.get("spec") or {}).get("search")
+    if not search:
+        return None
+    names = [o["metric"] for o in search["objectives"]]
+    maximize = [o.get("direction", "maximize") == "maximize" for o in search["objectives"]]
+    points = objective_points(tables, names).dropna(subset=names)
+    if points.empty:
+        return points
+    front = points.iloc[pareto_front(points[names].to_numpy(float), maximize)]
+    return front[["trial_key", "eps", "seed", "proposed_by", *names]]
+
+
 def _claims_html(claims: pd.DataFrame) -> str:
     if claims.empty:
         return '<p id="claims">No claim can be checked: the study has no finished trials yet.</p>'
@@ -128,6 +144,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Report:
     report_versions = _versions(REPORT_PACKAGES)
     generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     counts = {t: len(df) for t, df in tables.items()}
+    front = search_section(tables, info)
 
     markdown = [
         f"# Study {name}",
@@ -143,6 +160,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Report:
         "",
         format_claims(claims),
     ]
+    if front is not None:
+        markdown += ["## Search: Pareto front", "", _markdown_table(front)]
     md_path = out / "report.md"
     md_path.write_text("\n".join(markdown))
     tradeoff.to_csv(out / "tradeoff.csv", index=False)
@@ -168,6 +187,15 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Report:
         "Verdicts use 95% confidence intervals across seeds (analysis/claims.py states the "
         "rules).</p>",
         _claims_html(claims),
+        *(
+            [
+                "<h2>Search: Pareto front</h2><p>The trials no other trial beats on every "
+                "objective of the search.</p>",
+                f'<div id="front">{_html_table(front, "front")}</div>',
+            ]
+            if front is not None
+            else []
+        ),
         "<h2>Figures</h2>",
         *(_figure_html(p) for p in pngs),
         "" if pngs else "<p>No figure: the tables are empty.</p>",

@@ -96,3 +96,26 @@ def test_an_invalid_search_spec_is_one_line_naming_the_field(
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert expected in err, err
+
+
+def test_a_single_objective_search_gets_asha_and_optuna_with_its_storage(tmp_path: Path) -> None:
+    from ray.tune.schedulers import ASHAScheduler
+
+    from study.search import open_optuna_study, search_param_space, search_tune_options
+
+    def single(s: dict) -> None:
+        s["search"].update(
+            objectives=[{"metric": "test_acc_pgd"}],
+            early_stopping={"method": "asha", "grace_period": 1, "reduction_factor": 3},
+            sampler="tpe",
+        )
+        s["output"] = {"results_dir": str(tmp_path / "results")}
+
+    spec = load_spec(variant(tmp_path, single))
+    storage, done, orphans = open_optuna_study(spec)
+    assert (done, orphans) == (0, 0) and (tmp_path / "results" / "optuna.db").is_file()
+    options = search_tune_options(spec, storage, done)
+    assert isinstance(options["scheduler"], ASHAScheduler)
+    searcher = options["search_alg"].searcher
+    assert searcher.metric == "test/acc_pgd" and searcher.mode == "max"
+    assert set(search_param_space(spec)) == {"eps", "lr"}
