@@ -35,6 +35,7 @@ def open_optuna_study(spec: SweepSpec) -> tuple[Any, int, int]:
     from optuna.trial import TrialState
 
     assert spec.search is not None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the study reports progress itself
     url = spec.optuna_storage()
     if url.startswith("sqlite:///"):
         from pathlib import Path
