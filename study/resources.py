@@ -73,6 +73,16 @@ def node_types_from_yaml(path: str | Path) -> list[NodeType]:
     return types
 
 
+def node_type_of_this_machine() -> NodeType:
+    """What a local Ray started here offers: this machine's CPUs and CUDA GPUs."""
+    import os
+
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return NodeType("this machine", float(os.cpu_count() or 1), float(gpus))
+
+
 def node_types_from_ray() -> list[NodeType]:
     """The node types of the Ray cluster this process is connected to (ray.init done)."""
     import ray

@@ -600,12 +600,21 @@ class Study:
         self.say(f"  FAILED trial {describe_trial(cfg)}: {why}")
 
     def check_cluster_fits(self, address: str | None) -> None:
-        """A request no node can hold would wait forever: end the study run with the error."""
-        from study.resources import check_resources, node_types_from_ray
+        """A request no node can hold would wait forever: end the study run with the error.
 
-        where = "the local Ray on this machine" if address is None else "the Ray cluster"
+        A local Ray (no address) is checked against this machine before it is started."""
+        from study.resources import (
+            check_resources,
+            node_type_of_this_machine,
+            node_types_from_ray,
+        )
+
+        if address is None:
+            where, types = "the local Ray on this machine", [node_type_of_this_machine()]
+        else:
+            where, types = "the Ray cluster", node_types_from_ray()
         try:
-            check_resources(self.spec.resources, node_types_from_ray(), where)
+            check_resources(self.spec.resources, types, where)
         except SpecError as exc:
             self.mlflow.set_tags(self.parent_run_id, {"error": str(exc)})
             self.mlflow.end_run(self.parent_run_id, "FAILED")
@@ -685,8 +694,11 @@ class Study:
                 f"{self.spec.search.num_trials} trials done, {search_budget} to propose"
             )
         if (todo or evals or search_budget) and not ray.is_initialized():
+            if address is None:
+                self.check_cluster_fits(None)
             ray.init(address=address, include_dashboard=False, logging_level="ERROR")
-            self.check_cluster_fits(address)
+            if address is not None:
+                self.check_cluster_fits(address)
             # The ResultGrid looks for Tune's own result files, which the sinks replace.
             logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         self.submit(evals)

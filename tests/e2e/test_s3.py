@@ -85,6 +85,8 @@ def test_a_study_with_an_s3_results_root(s3_env: dict[str, str], tmp_path: Path)
     spec = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
     results = "s3://results/studies/smoke"
     spec["output"] = {"results_dir": results, "tracking_uri": f"sqlite:///{tmp_path / 'ml.db'}"}
+    spec["evaluations"]["fisher"] = {"enabled": False}  # covered on local roots; S3 is the point
+    spec["evaluations"]["robustness"] = {"enabled": False}
     path = tmp_path / "smoke.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = {**os.environ, **s3_env}
@@ -109,7 +111,7 @@ def test_a_study_with_an_s3_results_root(s3_env: dict[str, str], tmp_path: Path)
         assert ckpt.startswith(f"{results}/ray/smoke/")
         assert storage.exists(storage.join(ckpt, "model.safetensors"))
     assert len(load_table(results, "epochs")) == 4
-    assert len(load_table(results, "fisher")) == 2
+    assert len(load_table(results, "fisher")) == 0
     assert len(load_table(results, "transfer")) == 4
     grids = load_table(results, "inversion")["grid_path"]
     assert len(grids) == 4 and all(g.startswith(f"{results}/artifacts/inversion/") for g in grids)
@@ -117,7 +119,7 @@ def test_a_study_with_an_s3_results_root(s3_env: dict[str, str], tmp_path: Path)
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'ml.db'}")
     runs = mlflow.search_runs(experiment_names=["smoke"])
-    assert set(runs["status"]) == {"FINISHED"} and len(runs) == 15
+    assert set(runs["status"]) == {"FINISHED"} and len(runs) == 11
     client = mlflow.MlflowClient()
     assert client.get_experiment_by_name("smoke").artifact_location == f"{results}/mlartifacts"
     inversion = runs[runs["tags.evaluation"] == "inversion"]["run_id"]
@@ -127,7 +129,7 @@ def test_a_study_with_an_s3_results_root(s3_env: dict[str, str], tmp_path: Path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "2 cached, 0 to run" in second.stdout
     assert len(load_table(results, "transfer")) == 4
-    assert len(mlflow.search_runs(experiment_names=["smoke"])) == 15
+    assert len(mlflow.search_runs(experiment_names=["smoke"])) == 11
 
     status = subprocess.run(
         [STUDY, "status", str(path)], env=env, capture_output=True, text=True, timeout=120

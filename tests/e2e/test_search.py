@@ -58,17 +58,17 @@ def optuna_trials(results: Path) -> list[optuna.trial.FrozenTrial]:
 
 def test_a_search_runs_records_its_trials_and_resumes_its_optuna_study(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    first = run_study("run", str(search_spec(tmp_path, 4)), "--no-report", cwd=tmp_path)
+    first = run_study("run", str(search_spec(tmp_path, 3)), "--no-report", cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "search nsga2: 0 of 4 trials done, 4 to propose" in first.stdout
+    assert "search nsga2: 0 of 3 trials done, 3 to propose" in first.stdout
 
     trials = pd.read_parquet(results / "tables" / "trials")
-    assert len(trials) == 4 and set(trials["proposed_by"]) == {"optuna:nsga2"}
-    assert trials["eps"].between(0, 2).all() and trials["eps"].nunique() == 4
+    assert len(trials) == 3 and set(trials["proposed_by"]) == {"optuna:nsga2"}
+    assert trials["eps"].between(0, 2).all() and trials["eps"].nunique() == 3
     transfer = pd.read_parquet(results / "tables" / "transfer")
     assert set(transfer["trial_key"]) == set(trials["trial_key"])  # the fan-out still runs
     done = optuna_trials(results)
-    assert [t.number for t in done] == [0, 1, 2, 3]
+    assert [t.number for t in done] == [0, 1, 2]
     assert all(t.state.name == "COMPLETE" and len(t.values) == 2 for t in done)
     # The sampler saw the same values the tables hold: clean accuracy and the probe's accuracy.
     by_eps = {round(t.params["eps"], 9): t.values for t in done}
@@ -81,19 +81,19 @@ def test_a_search_runs_records_its_trials_and_resumes_its_optuna_study(tmp_path:
     # A driver that died mid-search leaves a RUNNING Optuna trial; the next run marks it FAIL and
     # continues the same study with the remaining budget, under new trial numbers.
     optuna.load_study(study_name="search", storage=f"sqlite:///{results / 'optuna.db'}").ask()
-    second = run_study("run", str(search_spec(tmp_path, 6)), "--no-report", cwd=tmp_path)
+    second = run_study("run", str(search_spec(tmp_path, 5)), "--no-report", cwd=tmp_path)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "marked 1 Optuna trials FAIL" in second.stdout
-    assert "search nsga2: 4 of 6 trials done, 2 to propose" in second.stdout
+    assert "search nsga2: 3 of 5 trials done, 2 to propose" in second.stdout
     done = optuna_trials(results)
-    assert [t.number for t in done] == [0, 1, 2, 3, 4, 5, 6]
-    assert [t.state.name for t in done].count("COMPLETE") == 6
-    assert done[4].state.name == "FAIL"
+    assert [t.number for t in done] == [0, 1, 2, 3, 4, 5]
+    assert [t.state.name for t in done].count("COMPLETE") == 5
+    assert done[3].state.name == "FAIL"
     trials = pd.read_parquet(results / "tables" / "trials")
-    assert len(trials) == 6 and not trials["trial_key"].duplicated().any()
+    assert len(trials) == 5 and not trials["trial_key"].duplicated().any()
 
     mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["search"])
     trial_runs = runs[runs["tags.atsweep.role"] == "trial"]
-    assert len(trial_runs) == 6 and set(trial_runs["tags.atsweep.proposed_by"]) == {"optuna:nsga2"}
+    assert len(trial_runs) == 5 and set(trial_runs["tags.atsweep.proposed_by"]) == {"optuna:nsga2"}
     assert "objective/transfer/digits-c56789" in "".join(runs.columns)
