@@ -148,6 +148,27 @@ def _style_of(i: int) -> dict[str, object]:
     return {"linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
 
 
+def _plot_series(ax: Axes, sub: pd.DataFrame, series: Sequence[tuple[str, str]]) -> None:
+    """Each (column, label) against eps, per attack of the panel (styled apart when several)."""
+    attacks = sorted(sub["attack"].unique())
+    for a, attack in enumerate(attacks):
+        suffix = f" ({attack})" if len(attacks) > 1 and attack else ""
+        rows = sub[sub["attack"] == attack]
+        for m, (column, name) in enumerate(series):
+            stats = _per_seed_stats(rows, [], column)
+            if stats.empty:
+                continue
+            ax.errorbar(
+                stats["eps"],
+                stats["mean"],
+                yerr=_yerr(stats),
+                color=f"C{m}",
+                capsize=3,
+                label=f"{name}{suffix}",
+                **_style_of(a * len(series) + m),
+            )
+
+
 # ----- (a) source accuracy -----------------------------------------------------------------------
 def plot_source_accuracy(tables: Mapping[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
     """Source clean and PGD test accuracy against the training eps (claim C1)."""
@@ -158,24 +179,9 @@ def plot_source_accuracy(tables: Mapping[str, pd.DataFrame], out_dir: str | Path
     with mpl.rc_context(STYLE):
         fig, axes = _panels([k for k, _ in blocks])
         for (key, sub), (ax,) in zip(blocks, axes, strict=True):
-            attacks = sorted(sub["attack"].unique())
-            for a, attack in enumerate(attacks):
-                suffix = f" ({attack})" if len(attacks) > 1 and attack else ""
-                for m, (column, name) in enumerate(
-                    (("test_acc_clean", "clean"), ("test_acc_pgd", "PGD at the training ε"))
-                ):
-                    stats = _per_seed_stats(sub[sub["attack"] == attack], [], column)
-                    if stats.empty:
-                        continue
-                    ax.errorbar(
-                        stats["eps"],
-                        stats["mean"],
-                        yerr=_yerr(stats),
-                        color=f"C{m}",
-                        capsize=3,
-                        label=f"{name}{suffix}",
-                        **_style_of(a * 2 + m),
-                    )
+            _plot_series(
+                ax, sub, [("test_acc_clean", "clean"), ("test_acc_pgd", "PGD at the training ε")]
+            )
             _set_eps_axis(ax, sub["eps"].dropna().tolist(), key[2])
             ax.set_ylabel("source test accuracy (fraction)")
             _cap_accuracy(ax)
@@ -362,28 +368,14 @@ def plot_fisher(tables: Mapping[str, pd.DataFrame], out_dir: str | Path) -> list
     with mpl.rc_context(STYLE):
         fig, axes = _panels([k for k, _ in blocks])
         for (key, sub), (ax,) in zip(blocks, axes, strict=True):
-            attacks = sorted(sub["attack"].unique())
-            for a, attack in enumerate(attacks):
-                suffix = f" ({attack})" if len(attacks) > 1 and attack else ""
-                rows = sub[sub["attack"] == attack]
-                for m, (column, name) in enumerate(
-                    (
-                        ("input_trace", "input Fisher tr F(x)"),
-                        ("weight_trace", "weight Fisher tr F(w)"),
-                    )
-                ):
-                    stats = _per_seed_stats(rows, [], column)
-                    if stats.empty:
-                        continue
-                    ax.errorbar(
-                        stats["eps"],
-                        stats["mean"],
-                        yerr=_yerr(stats),
-                        color=f"C{m}",
-                        capsize=3,
-                        label=f"{name}{suffix}",
-                        **_style_of(a * 2 + m),
-                    )
+            _plot_series(
+                ax,
+                sub,
+                [
+                    ("input_trace", "input Fisher tr F(x)"),
+                    ("weight_trace", "weight Fisher tr F(w)"),
+                ],
+            )
             # A CI reaching below 0 is drawn down to the bottom of the axis.
             ax.set_yscale("log", nonpositive="clip")
             _set_eps_axis(ax, sub["eps"].dropna().tolist(), key[2])

@@ -56,7 +56,8 @@ def read_study_info(results_dir: str | Path) -> dict[str, Any]:
         return dict(json.loads(fh.read().decode()))
 
 
-def _versions(packages: tuple[str, ...]) -> dict[str, str]:
+def software_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Python and the installed version of each package ("not installed" where absent)."""
     out = {"python": platform.python_version()}
     for name in packages:
         try:
@@ -141,7 +142,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Report:
     info = read_study_info(results_dir)
     name = str(info.get("name") or Path(str(results_dir)).name)
     run_versions = info.get("versions", {})
-    report_versions = _versions(REPORT_PACKAGES)
+    report_versions = software_versions(REPORT_PACKAGES)
     generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     counts = {t: len(df) for t, df in tables.items()}
     front = search_section(tables, info)

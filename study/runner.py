@@ -14,13 +14,11 @@ import json
 import logging
 import math
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -80,17 +78,6 @@ RUN_PACKAGES = (
     *("atsweep", "torch", "torchvision", "ray", "mlflow", "optuna", "pyarrow", "pandas"),
     *("numpy", "safetensors"),
 )
-
-
-def software_versions() -> dict[str, str]:
-    """Python and the versions of the packages a study's results depend on."""
-    out = {"python": platform.python_version()}
-    for name in RUN_PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def describe_trial(cfg: TrainConfig) -> str:
@@ -426,9 +413,10 @@ class Study:
             location = storage.join(
                 self.results_dir, "artifacts", "fisher", f"{ev.task.eval_key}.json"
             )
-            text = json.dumps(result["weight_trace_per_layer"], indent=2, sort_keys=True)
-            storage.write_bytes(location, text.encode())
-            return [storage.local_copy(location, self.scratch())]
+            local = self.scratch() / f"{ev.task.eval_key}.json"
+            local.write_text(json.dumps(result["weight_trace_per_layer"], indent=2, sort_keys=True))
+            storage.upload_file(local, location)
+            return [local]
         return []
 
     def scratch(self) -> Path:
@@ -623,11 +611,13 @@ class Study:
 
     def write_study_info(self) -> None:
         """RESULTS/study.json: the spec and the software of this run, for reports."""
+        from analysis.report import software_versions
+
         info = {
             "name": self.spec.name,
             "tracking_uri": self.spec.tracking_uri(),
             "spec": self.spec.model_dump(mode="json"),
-            "versions": software_versions(),
+            "versions": software_versions(RUN_PACKAGES),
             "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         text = json.dumps(info, indent=2, sort_keys=False)

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,10 +105,24 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_server(proc)
 
 
-def run_study(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_study(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The `study` command of this venv, run to completion."""
     return subprocess.run(
-        [str(BIN / "study"), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        [str(BIN / "study"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def start_study(*args: str, cwd: Path, stdout: Any = subprocess.PIPE) -> subprocess.Popen:
+    """The `study` command of this venv, started in its own session (to be killed by PID)."""
+    return subprocess.Popen(
+        [str(BIN / "study"), *args],
+        cwd=cwd,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
 
 

@@ -245,10 +245,11 @@ def conform(part: pa.Table, schema: pa.Schema, source: str = "a part") -> pa.Tab
 def read_table(folder: str | Path, table: str) -> pa.Table:
     """All completed parts of a table, in its current schema (an empty table if none)."""
     schema = schema_with_metadata(table)
-    fs, _ = storage.resolve(folder)
+    fs, base = storage.resolve(folder)
+    names = [p.rsplit("/", 1)[-1] for p in part_files(folder)]
     parts = [
-        conform(pq.read_table(storage.resolve(p)[1], filesystem=fs), schema, p)
-        for p in part_files(folder)
+        conform(pq.read_table(f"{base}/{name}", filesystem=fs), schema, storage.join(folder, name))
+        for name in names
     ]
     if not parts:
         return schema.empty_table()

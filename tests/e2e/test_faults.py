@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,9 +14,9 @@ import psutil
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+from tests.conftest import run_study, start_study
 
-STUDY = str(Path(sys.executable).parent / "study")
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def newest_epoch(ray_dir: Path) -> int:
@@ -75,13 +73,7 @@ def test_killed_driver_rerun_resumes_from_checkpoints_without_duplicates(tmp_pat
     path = fault_spec(tmp_path, [0.5, 1.0])
     ray_dir = tmp_path / "results" / "ray" / "faults"
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(
-        [STUDY, "run", str(path), "--no-report"],
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    first = start_study("run", str(path), "--no-report", cwd=tmp_path, stdout=log)
     deadline = time.monotonic() + 240
     while newest_epoch(ray_dir) < 2:
         assert first.poll() is None, "the study ended before it could be killed"
@@ -92,13 +84,7 @@ def test_killed_driver_rerun_resumes_from_checkpoints_without_duplicates(tmp_pat
     killed_at = newest_epoch(ray_dir)
     assert killed_at < 7, "the study finished before it was killed"
 
-    second = subprocess.run(
-        [STUDY, "run", str(path), "--no-report"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    second = run_study("run", str(path), "--no-report", cwd=tmp_path)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     results = tmp_path / "results"
     trials = pd.read_parquet(results / "tables" / "trials")
@@ -125,14 +111,7 @@ def test_killed_driver_rerun_resumes_from_checkpoints_without_duplicates(tmp_pat
 def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Path) -> None:
     path = fault_spec(tmp_path, [0.5])
     ray_dir = tmp_path / "results" / "ray" / "faults"
-    study = subprocess.Popen(
-        [STUDY, "run", str(path), "--no-report"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    study = start_study("run", str(path), "--no-report", cwd=tmp_path)
     deadline = time.monotonic() + 240
     while newest_epoch(ray_dir) < 2:
         assert study.poll() is None and time.monotonic() < deadline

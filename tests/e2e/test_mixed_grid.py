@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+from tests.conftest import run_study
 
-STUDY = str(Path(sys.executable).parent / "study")
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_mixed_grid_runs_every_cell_and_transfers_across_formats(tmp_path: Path) -> None:
@@ -52,13 +50,7 @@ def test_mixed_grid_runs_every_cell_and_transfers_across_formats(tmp_path: Path)
     }
     path = tmp_path / "mixed.yaml"
     path.write_text(yaml.safe_dump(spec))
-    out = subprocess.run(
-        [STUDY, "run", str(path), "--no-report"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    out = run_study("run", str(path), "--no-report", cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     trials = pd.read_parquet(tmp_path / "results" / "tables" / "trials")
     assert len(trials) == 2 * 2 * 2

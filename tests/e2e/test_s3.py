@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -14,7 +13,7 @@ import yaml
 
 from analysis import load_table
 from study.sinks.parquet import ParquetSink, part_files, read_table
-from tests.conftest import ListReporter
+from tests.conftest import ListReporter, run_study
 from trainables import storage
 from trainables.checkpoint import find_latest_valid_checkpoint, read_manifest
 from trainables.config import ArchRef, DataConfig, DatasetRef, OptimConfig, TrainConfig
@@ -24,7 +23,6 @@ from trainables.training import run_training
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-STUDY = str(Path(sys.executable).parent / "study")
 
 
 def upload_tree(local: Path, location: str) -> None:
@@ -92,13 +90,7 @@ def test_a_study_with_an_s3_results_root(s3_env: dict[str, str], tmp_path: Path)
     env = {**os.environ, **s3_env}
 
     def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [STUDY, "run", str(path), "--no-report"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        return run_study("run", str(path), "--no-report", cwd=tmp_path, env=env)
 
     first = run()
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -131,7 +123,5 @@ def test_a_study_with_an_s3_results_root(s3_env: dict[str, str], tmp_path: Path)
     assert len(load_table(results, "transfer")) == 4
     assert len(mlflow.search_runs(experiment_names=["smoke"])) == 11
 
-    status = subprocess.run(
-        [STUDY, "status", str(path)], env=env, capture_output=True, text=True, timeout=120
-    )
+    status = run_study("status", str(path), cwd=tmp_path, env=env)
     assert "2/2 trials done" in status.stdout, status.stderr

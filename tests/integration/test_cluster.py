@@ -18,7 +18,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import BIN, free_port
+from tests.conftest import BIN, free_port, run_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -105,14 +105,7 @@ def test_submit_runs_a_study_on_two_nodes_with_token_auth(tmp_path: Path) -> Non
         work = tmp_path / "work"
         work.mkdir()
         (work / "smoke.yaml").write_text(yaml.safe_dump(spec))
-        out = subprocess.run(
-            [str(BIN / "study"), "submit", "smoke.yaml", "--address", address],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        out = run_study("submit", "smoke.yaml", "--address", address, cwd=work, env=env)
         assert out.returncode == 0, out.stderr[-3000:]
         job_id = out.stdout.split()[0]
 
@@ -130,14 +123,7 @@ def test_submit_runs_a_study_on_two_nodes_with_token_auth(tmp_path: Path) -> Non
         ):
             assert time.monotonic() < deadline, "the job did not finish in time"
             time.sleep(2)
-        text = subprocess.run(
-            [str(BIN / "study"), "status", "smoke.yaml", "--address", address],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        ).stdout
+        text = run_study("status", "smoke.yaml", "--address", address, cwd=work, env=env).stdout
         logs = subprocess.run(
             [ray, "job", "logs", "--address", address, job_id],
             env=env,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,11 +12,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import free_port, start_mlflow_server, stop_server
+from tests.conftest import free_port, start_mlflow_server, start_study, stop_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-STUDY = str(Path(sys.executable).parent / "study")
 
 
 def test_a_20_second_outage_loses_nothing_and_logging_catches_up(tmp_path: Path) -> None:
@@ -31,14 +27,7 @@ def test_a_20_second_outage_loses_nothing_and_logging_catches_up(tmp_path: Path)
     spec["output"] = {"results_dir": str(tmp_path / "results"), "tracking_uri": uri}
     path = tmp_path / "outage.yaml"
     path.write_text(yaml.safe_dump(spec))
-    study = subprocess.Popen(
-        [STUDY, "run", str(path), "--no-report"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    study = start_study("run", str(path), "--no-report", cwd=tmp_path)
     try:
         ray_dir = tmp_path / "results" / "ray"
         deadline = time.monotonic() + 240
