@@ -148,6 +148,19 @@ def _style_of(i: int) -> dict[str, object]:
     return {"linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
 
 
+def _errorbar(ax: Axes, stats: pd.DataFrame, color: int, label: str, style: int) -> None:
+    """Means over seeds against eps, with their CI bars."""
+    ax.errorbar(
+        stats["eps"],
+        stats["mean"],
+        yerr=_yerr(stats),
+        color=f"C{color}",
+        capsize=3,
+        label=label,
+        **_style_of(style),
+    )
+
+
 def _plot_series(ax: Axes, sub: pd.DataFrame, series: Sequence[tuple[str, str]]) -> None:
     """Each (column, label) against eps, per attack of the panel (styled apart when several)."""
     attacks = sorted(sub["attack"].unique())
@@ -156,17 +169,8 @@ def _plot_series(ax: Axes, sub: pd.DataFrame, series: Sequence[tuple[str, str]])
         rows = sub[sub["attack"] == attack]
         for m, (column, name) in enumerate(series):
             stats = _per_seed_stats(rows, [], column)
-            if stats.empty:
-                continue
-            ax.errorbar(
-                stats["eps"],
-                stats["mean"],
-                yerr=_yerr(stats),
-                color=f"C{m}",
-                capsize=3,
-                label=f"{name}{suffix}",
-                **_style_of(a * len(series) + m),
-            )
+            if not stats.empty:
+                _errorbar(ax, stats, m, f"{name}{suffix}", a * len(series) + m)
 
 
 # ----- (a) source accuracy -----------------------------------------------------------------------
@@ -406,17 +410,9 @@ def plot_inversion(tables: Mapping[str, pd.DataFrame], out_dir: str | Path) -> l
                     suffix = f" ({attack})" if len(attacks) > 1 and attack else ""
                     for ax, column in ((top, "psnr"), (bottom, "ssim")):
                         stats = _per_seed_stats(rows, [], column)
-                        if stats.empty:
-                            continue
-                        ax.errorbar(
-                            stats["eps"],
-                            stats["mean"],
-                            yerr=_yerr(stats),
-                            color=f"C{v}",
-                            capsize=3,
-                            label=f"{variant or 'inversion'}{suffix}",
-                            **_style_of(a * len(variants) + v),
-                        )
+                        if not stats.empty:
+                            label = f"{variant or 'inversion'}{suffix}"
+                            _errorbar(ax, stats, v, label, a * len(variants) + v)
             eps = sub["eps"].dropna().tolist()
             _set_eps_axis(top, eps, key[2], label=False)
             _set_eps_axis(bottom, eps, key[2])
