@@ -525,7 +525,15 @@ def plot_trial_curves(epochs: pd.DataFrame, out_dir: str | Path) -> dict[str, Pa
                     ("test_acc_pgd", "test PGD"),
                 )
             ):
-                acc_ax.plot(epoch, sub[column], marker=MARKERS[i], color=f"C{i}", label=name)
+                # The robust accuracy may be measured every few epochs only: skip the gaps.
+                measured = sub[column].notna()
+                acc_ax.plot(
+                    epoch[measured],
+                    sub.loc[measured, column],
+                    marker=MARKERS[i],
+                    color=f"C{i}",
+                    label=name,
+                )
             acc_ax.set_xlabel("epoch")
             acc_ax.set_ylabel("accuracy (fraction)")
             _cap_accuracy(acc_ax)

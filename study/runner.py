@@ -519,7 +519,8 @@ class Study:
                 "train_loss": result.get("train/loss"),
                 "train_acc": result.get("train/acc"),
                 "test_acc_clean": result.get("test/acc_clean"),
-                "test_acc_pgd": result.get("test/acc_pgd"),
+                # null in the epochs between robust evaluations (training.robust_eval_every)
+                "test_acc_pgd": _measured(result.get("test/acc_pgd")),
                 "epoch_time_s": result.get("time/epoch_s"),
             }
         )
@@ -809,6 +810,11 @@ def _make_callback_class() -> type:
                 self.study.flush()
 
     return _StudyCallback
+
+
+def _measured(value: Any) -> Any:
+    """None for a metric that was not measured (NaN), the value otherwise."""
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def describe_trial_error(trial: Any) -> str:

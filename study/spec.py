@@ -271,6 +271,9 @@ class TrainingSpec(StrictModel):
     deterministic: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: Literal["auto", "true", "false"] = "auto"
+    # The per-epoch robust (eval_attack) test accuracy every N epochs and at the last one; the
+    # clean accuracy is measured every epoch. Not part of a trial's key: the network is the same.
+    robust_eval_every: int = Field(1, ge=1)
 
     @field_validator("eval_attack")
     @classmethod
@@ -285,7 +288,11 @@ class TrainingSpec(StrictModel):
         return v
 
     def run_options(self) -> RunOptions:
-        return RunOptions(precision=self.precision, channels_last=self.channels_last)
+        return RunOptions(
+            precision=self.precision,
+            channels_last=self.channels_last,
+            robust_eval_every=self.robust_eval_every,
+        )
 
     def to_config(self) -> OptimConfig:
         return OptimConfig(
@@ -792,6 +799,20 @@ class SweepSpec(StrictModel):
                         field=f"search.objectives.{i}.metric",
                         value=name,
                     )
+            asha = self.search.early_stopping.method == "asha"
+            if (
+                asha
+                and self.training.robust_eval_every > 1
+                and (self.search.objectives[0].metric == "test_acc_pgd")
+            ):
+                raise spec_error(
+                    "asha_robust_eval",
+                    "ASHA compares test_acc_pgd at every epoch, but robust_eval_every "
+                    f"{self.training.robust_eval_every} measures it only every few epochs: set "
+                    "training.robust_eval_every to 1 or use the objective test_acc_clean",
+                    field="training.robust_eval_every",
+                    value=self.training.robust_eval_every,
+                )
             if self.search.storage is None and storage.is_remote(self.output.results_dir or ""):
                 raise spec_error(
                     "search_storage",

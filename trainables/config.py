@@ -141,10 +141,13 @@ class RunOptions:
 
     precision auto: bf16 autocast on CUDA, fp32 on the CPU (bf16 on a CPU is many times slower);
     channels_last auto: on for CUDA convolution nets, off on the CPU.
+    robust_eval_every: the per-epoch PGD test accuracy every this many epochs and at the last
+    (it costs about as much as the training epoch on small data); NaN in the other epochs.
     """
 
     precision: str = "auto"
     channels_last: str = "auto"
+    robust_eval_every: int = 1
 
 
 @dataclass(frozen=True)

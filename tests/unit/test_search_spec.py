@@ -67,6 +67,15 @@ CASES = {
         lambda s: s["search"].update(early_stopping={"method": "asha"}),
         "search.early_stopping.method = 'asha': ASHA stops trials",
     ),
+    "asha_robust_eval": (
+        lambda s: (
+            s["search"].update(
+                objectives=[{"metric": "test_acc_pgd"}], early_stopping={"method": "asha"}
+            ),
+            s.setdefault("training", {}).update(robust_eval_every=5),
+        ),
+        "training.robust_eval_every = 5: ASHA compares test_acc_pgd at every epoch",
+    ),
     "log_range": (
         lambda s: s["search"]["space"].update(lr={"low": 0.0, "high": 0.1, "log": True}),
         "search.space.lr.low = 0.0: a log-scale range needs low > 0",

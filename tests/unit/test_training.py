@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
@@ -65,6 +66,22 @@ def test_eps_zero_reports_pgd_equal_to_clean() -> None:
     rep = ListReporter()
     run_training(tiny_config(eps=0.0, epochs=1), tiny_splits(), rep)
     assert rep.metrics[0]["test/acc_pgd"] == rep.metrics[0]["test/acc_clean"]
+
+
+def test_robust_accuracy_every_n_epochs_is_the_same_numbers_minus_the_gaps() -> None:
+    cfg, splits = tiny_config(epochs=5), tiny_splits()
+    every, sparse = ListReporter(), ListReporter()
+    run_training(cfg, splits, every)
+    run_training(cfg, splits, sparse, options=RunOptions(robust_eval_every=2))
+    pgd = [m["test/acc_pgd"] for m in sparse.metrics]
+    # Epochs 2 and 4 (1-based) and the last one are measured; the others are NaN.
+    assert [math.isnan(v) for v in pgd] == [True, False, True, False, False]
+    for a, b in zip(every.metrics, sparse.metrics, strict=True):
+        # Every random stream is seeded per epoch: skipping evaluations changes nothing else.
+        assert b["train/loss"] == a["train/loss"]
+        assert b["test/acc_clean"] == a["test/acc_clean"]
+        if not math.isnan(b["test/acc_pgd"]):
+            assert b["test/acc_pgd"] == a["test/acc_pgd"]
 
 
 class _StopError(Exception):

@@ -36,9 +36,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-import torchvision.datasets as tvd
 from torch.utils.data import ConcatDataset, Dataset
-from torchvision.transforms.v2 import functional as TF
 
 from trainables.data import (
     DataMissingError,
@@ -49,6 +47,11 @@ from trainables.data import (
     get_dataset_info,
     register_dataset,
 )
+from trainables.lazy import LazyModule
+
+# torchvision is imported when a dataset of it is first loaded, not when this module is.
+tvd = LazyModule("torchvision.datasets")
+TF = LazyModule("torchvision.transforms.v2.functional")
 
 __all__ = [
     "FASHION_MNIST_DEBIAN_DIR",
@@ -269,13 +272,17 @@ def _register(
     _CHECKS[info.name] = check
 
 
-def _cifar(name: str, cls: type[tvd.CIFAR10], files: _Files) -> Callable[[LoadRequest], Any]:
+def _cifar(name: str, class_name: str, files: _Files) -> Callable[[LoadRequest], Any]:
     def load(request: LoadRequest) -> tuple[ImageSet, ImageSet]:
         root = files.check(name, request)
         sets = []
         for train in (True, False):
             ds = _construct(
-                name, root, lambda t=train: cls(str(root), train=t, download=request.download)
+                name,
+                root,
+                lambda t=train: getattr(tvd, class_name)(
+                    str(root), train=t, download=request.download
+                ),
             )
             sets.append(TensorImageSet(_nchw(ds.data, "nhwc"), _labels(ds.targets)))
         return sets[0], sets[1]
@@ -284,14 +291,18 @@ def _cifar(name: str, cls: type[tvd.CIFAR10], files: _Files) -> Callable[[LoadRe
 
 
 def _mnist_like(
-    name: str, cls: type[tvd.MNIST], root_of: Callable[[LoadRequest], Path]
+    name: str, class_name: str, root_of: Callable[[LoadRequest], Path]
 ) -> Callable[[LoadRequest], Any]:
     def load(request: LoadRequest) -> tuple[ImageSet, ImageSet]:
         root = root_of(request)
         sets = []
         for train in (True, False):
             ds = _construct(
-                name, root, lambda t=train: cls(str(root), train=t, download=request.download)
+                name,
+                root,
+                lambda t=train: getattr(tvd, class_name)(
+                    str(root), train=t, download=request.download
+                ),
             )
             sets.append(TensorImageSet(_nchw(ds.data, "nhw"), _labels(ds.targets)))
         return sets[0], sets[1]
@@ -347,7 +358,7 @@ _register(
         (0.2470, 0.2435, 0.2616),
         "CIFAR-10: 50000/10000 32x32 colour images of 10 classes (Krizhevsky, 2009)",
     ),
-    _cifar("cifar10", tvd.CIFAR10, _CIFAR10),
+    _cifar("cifar10", "CIFAR10", _CIFAR10),
     lambda request: _CIFAR10.check("cifar10", request),
 )
 _register(
@@ -360,7 +371,7 @@ _register(
         (0.2673, 0.2564, 0.2762),
         "CIFAR-100: 50000/10000 32x32 colour images of 100 fine classes (Krizhevsky, 2009)",
     ),
-    _cifar("cifar100", tvd.CIFAR100, _CIFAR100),
+    _cifar("cifar100", "CIFAR100", _CIFAR100),
     lambda request: _CIFAR100.check("cifar100", request),
 )
 _register(
@@ -411,7 +422,7 @@ _register(
         (0.3081,),
         "MNIST: 60000/10000 28x28 handwritten digits (LeCun et al., 1998)",
     ),
-    _mnist_like("mnist", tvd.MNIST, lambda request: _MNIST.check("mnist", request)),
+    _mnist_like("mnist", "MNIST", lambda request: _MNIST.check("mnist", request)),
     lambda request: _MNIST.check("mnist", request),
 )
 
@@ -489,7 +500,7 @@ _register(
         (0.3530,),
         "Fashion-MNIST: 60000/10000 28x28 greyscale Zalando product images (Xiao et al., 2017)",
     ),
-    _mnist_like("fashion_mnist", tvd.FashionMNIST, _fashion_mnist_root),
+    _mnist_like("fashion_mnist", "FashionMNIST", _fashion_mnist_root),
     _check_fashion_mnist,
 )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torchvision
 from torch import nn
 
 from trainables.models.registry import ModelInput, register_model
@@ -21,6 +20,8 @@ TV_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "l
 
 def torchvision_body(name: str, inputs: ModelInput) -> tuple[nn.Module, int]:
     """A torchvision ResNet without its classifier: (module returning flat features, dim)."""
+    import torchvision.models  # here, not at import: torchvision takes seconds to import
+
     factory: Callable[..., torchvision.models.ResNet] = getattr(torchvision.models, name)
     net = factory(weights=None)
     if inputs.channels != 3:
