@@ -122,8 +122,10 @@ def _save(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.svg"]
-    for path in paths:
-        fig.savefig(path)
+    fig.savefig(paths[0])
+    # The layout is solved while drawing the PNG; the SVG keeps it instead of solving it again.
+    fig.set_layout_engine("none")
+    fig.savefig(paths[1])
     return paths
 
 
@@ -541,6 +543,7 @@ def plot_trial_curves(epochs: pd.DataFrame, out_dir: str | Path) -> dict[str, Pa
             fig.suptitle(f"trial {key}")
             out_path = Path(out_dir)
             out_path.mkdir(parents=True, exist_ok=True)
-            fig.savefig(out_path / f"trial_{key}.png")  # PNG only: one per trial, for MLflow
+            # PNG only, at screen resolution: one per trial, for its MLflow run.
+            fig.savefig(out_path / f"trial_{key}.png", dpi=110)
             out[str(key)] = out_path / f"trial_{key}.png"
     return out

@@ -86,6 +86,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{summary.trials_cached} cached, {summary.trials_failed} failed; evaluations "
         f"{summary.evals_done} run, {summary.evals_cached} cached, {summary.evals_failed} failed"
     )
+    if summary.trial_time_s + summary.eval_time_s > 0:
+        print(
+            f"logging: MLflow {summary.mlflow_s:.1f} s, parquet {summary.parquet_s:.1f} s = "
+            f"{100 * summary.logging_share:.2f}% of the {summary.trial_time_s:.0f} s of "
+            f"training and {summary.eval_time_s:.0f} s of evaluations"
+        )
     for failure in summary.failures:
         print(f"  failed: {failure}")
     tables = storage.join(results, "tables")
@@ -95,7 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         from study.reporting import default_report_dir, publish_report
 
-        report = publish_report(results, default_report_dir(results, spec.name))
+        # A re-run that added no row keeps the report it finds (`study report` rewrites it).
+        report = publish_report(results, default_report_dir(results, spec.name), reuse=True)
         print(f"report: {report.html.resolve()}")
     return 1 if summary.failures else 0
 

@@ -6,12 +6,15 @@ trial's training curves go to the trial's own run under figures/.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 from analysis import load_table, plot_trial_curves, read_study_info, write_report
-from analysis.report import Report
+from analysis.report import REPORT_PACKAGES, Report, software_versions
 from study.sinks.mlflow import MlflowSink
+from study.sinks.parquet import SCHEMAS, part_files
 from trainables import storage
 
 
@@ -22,10 +25,47 @@ def default_report_dir(results_dir: str, name: str) -> Path:
     return Path(results_dir) / "report"
 
 
+INPUTS_FILE = ".inputs.sha256"
+
+
+def report_inputs(results_dir: str) -> str:
+    """A fingerprint of what a report is made of: the names of the tables' part files (a part
+    is written once and never changed), the spec and the report's software."""
+    parts = sorted(
+        f"{table}/{path.rsplit('/', 1)[-1]}"
+        for table in SCHEMAS
+        for path in part_files(storage.join(results_dir, "tables", table))
+    )
+    spec = read_study_info(results_dir).get("spec")
+    payload = json.dumps([parts, spec, software_versions(REPORT_PACKAGES)], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
 def publish_report(
-    results_dir: str, out_dir: Path, say: Callable[[str], None] = print, mlflow: bool = True
+    results_dir: str,
+    out_dir: Path,
+    say: Callable[[str], None] = print,
+    mlflow: bool = True,
+    reuse: bool = False,
 ) -> Report:
-    """Write the report to out_dir and, when the study's MLflow store is known, log it there."""
+    """Write the report to out_dir and, when the study's MLflow store is known, log it there.
+
+    With reuse, a report written (and logged) from the same inputs is kept as it is.
+    """
+    inputs = report_inputs(results_dir)
+    stamp = out_dir / INPUTS_FILE
+    html, markdown = out_dir / "report.html", out_dir / "report.md"
+    if reuse and html.is_file() and stamp.is_file() and stamp.read_text() == inputs:
+        say("report unchanged: no new rows since it was written")
+        return Report(html=html, markdown=markdown)
+    report = _write_and_log(results_dir, out_dir, say, mlflow)
+    stamp.write_text(inputs)
+    return report
+
+
+def _write_and_log(
+    results_dir: str, out_dir: Path, say: Callable[[str], None], mlflow: bool
+) -> Report:
     report = write_report(results_dir, out_dir)
     info = read_study_info(results_dir)
     if not (mlflow and info.get("tracking_uri") and info.get("name")):

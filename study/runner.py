@@ -15,30 +15,25 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from study.plan import PlannedEval, plan_baselines, plan_trial_evaluations
 from study.sinks.mlflow import MlflowSink
 from study.sinks.parquet import ParquetSink, read_table
-from study.spec import (
-    SpecError,
-    SweepSpec,
-    finetune_key,
-    fisher_key,
-    inversion_key,
-    random_init_key,
-    raw_pixel_key,
-    robustness_key,
-    transfer_key,
-)
+from study.spec import SpecError, SweepSpec
 from trainables import storage
 from trainables.config import TrainConfig, to_canonical, train_config_from_dict, trial_config
 from trainables.data import LoadRequest
 from trainables.evals import EvalTask
+
+if TYPE_CHECKING:
+    from study.sinks.mlflow import MlflowSink
 
 Printer = Callable[[str], None]
 
@@ -117,18 +112,6 @@ def trial_config_row(cfg: TrainConfig, study: str) -> dict[str, Any]:
     }
 
 
-def trial_identity(cfg: TrainConfig) -> dict[str, Any]:
-    """The columns that place an evaluation row in the grid."""
-    return {
-        "source": cfg.source.id,
-        "arch": cfg.arch.id,
-        "norm": cfg.norm,
-        "attack": cfg.attack.id,
-        "eps": cfg.eps,
-        "seed": cfg.seed,
-    }
-
-
 @dataclass
 class PendingEval:
     """An evaluation submitted to Ray, with what its rows and runs need."""
@@ -153,7 +136,17 @@ class StudySummary:
     evals_done: int = 0
     evals_failed: int = 0
     wall_time_s: float = 0.0
+    trial_time_s: float = 0.0  # summed wall time of the trials trained in this run
+    eval_time_s: float = 0.0  # summed wall time of the evaluations run
+    mlflow_s: float = 0.0  # driver time in MLflow calls
+    parquet_s: float = 0.0  # driver time writing parquet parts
     failures: list[str] = field(default_factory=list)
+
+    @property
+    def logging_share(self) -> float:
+        """MLflow and parquet time over the trial and evaluation time (NaN when none ran)."""
+        work = self.trial_time_s + self.eval_time_s
+        return (self.mlflow_s + self.parquet_s) / work if work > 0 else math.nan
 
 
 class Study:
@@ -167,9 +160,14 @@ class Study:
         self.load = LoadRequest(root=root, download=spec.data.download)
         check_data(spec, self.load)
         self.parquet = ParquetSink(storage.join(self.results_dir, "tables"))
-        self.mlflow = MlflowSink(
-            spec.tracking_uri(), spec.name, storage.join(self.results_dir, "mlartifacts")
+        # MLflow (seconds to import, and to create a new store's tables) opens in a thread
+        # while the driver plans and starts Ray; self.mlflow waits for it.
+        self._mlflow: MlflowSink | None = None
+        self._mlflow_error: BaseException | None = None
+        self._mlflow_thread = threading.Thread(
+            target=self._open_mlflow, name="atsweep-mlflow", daemon=True
         )
+        self._mlflow_thread.start()
         self.summary = StudySummary()
         self.configs = spec.expand()
         self.summary.trials_total = spec.search.num_trials if spec.search else len(self.configs)
@@ -177,9 +175,46 @@ class Study:
         self.pending: dict[Any, PendingEval] = {}
         self.trial_runs: dict[str, str] = {}
         self.parent_run_id = ""
+        self.spec_path: Path | None = None
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
 
     # ----- MLflow hierarchy -----------------------------------------------------------------
+    def _open_mlflow(self) -> None:
+        try:
+            from study.sinks.mlflow import MlflowSink
+
+            self._mlflow = MlflowSink(
+                self.spec.tracking_uri(),
+                self.spec.name,
+                storage.join(self.results_dir, "mlartifacts"),
+            )
+        except BaseException as exc:  # re-raised in the driver's thread by self.mlflow
+            self._mlflow_error = exc
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks (this study too) with the experiment; a thread cannot be.
+        self.mlflow  # noqa: B018  (opened before it is pickled)
+        return {**self.__dict__, "_mlflow_thread": None}
+
+    @property
+    def mlflow(self) -> MlflowSink:
+        """The study's MLflow sink, once the thread that opens it is done."""
+        if self._mlflow is None:
+            self._mlflow_thread.join()
+            if self._mlflow_error is not None:
+                raise self._mlflow_error
+        assert self._mlflow is not None
+        return self._mlflow
+
+    def open_parent_run(self) -> None:
+        """Once per run: mark runs an earlier driver left RUNNING, then open the study's run."""
+        if self.parent_run_id:
+            return
+        orphaned = self.mlflow.end_orphaned_runs()
+        if orphaned:
+            self.say(f"marked {orphaned} MLflow runs KILLED: left RUNNING by an earlier driver")
+        self.start_parent_run(self.spec_path)
+
     def start_parent_run(self, spec_path: Path | None) -> None:
         self.parent_run_id = self.mlflow.run_for(
             f"study:{self.spec.name}",
@@ -211,136 +246,20 @@ class Study:
     ) -> list[PendingEval]:
         """The evaluations of one trained network that are not in the tables yet."""
         out: list[PendingEval] = []
-        ev = self.spec.evaluations
-        ident = {"trial_key": cfg.key, **trial_identity(cfg)}
-
-        def add(table: str, key: str, name: str, row: dict[str, Any], **task: Any) -> None:
-            if self.parquet.has(table, key):
+        for p in plan_trial_evaluations(self.spec, cfg, checkpoint, self.results_dir, self.load):
+            if self.parquet.has(p.table, p.task.eval_key):
                 self.summary.evals_cached += 1
-                return
-            kind = task.pop("kind")
-            evaluation = EvalTask(
-                kind,
-                key,
-                task.pop("data", cfg.data),
-                train=cfg,
-                checkpoint=checkpoint,
-                load=self.load,
-                **task,
-            )
-            full_row = {"eval_key": key, **ident, **row}
-            out.append(PendingEval(evaluation, table, full_row, name, trial_run_id, trial_run_id))
-
-        probe = ev.transfer.to_config()
-        finetune = ev.transfer.finetune
-        for target in self.spec.transfer_targets():
-            add(
-                "transfer",
-                transfer_key(cfg.key, target, cfg.data, probe),
-                f"transfer {target.id}",
-                {"kind": "probe", "target": target.id},
-                kind="transfer",
-                target=target,
-                probe=probe,
-            )
-            if finetune.enabled:
-                ft = finetune.to_config(cfg.seed)
-                add(
-                    "transfer",
-                    finetune_key(cfg.key, target, cfg.data, ft),
-                    f"finetune {target.id}",
-                    {"kind": "finetune", "target": target.id},
-                    kind="finetune",
-                    target=target,
-                    finetune=ft,
-                )
-        if ev.fisher.enabled:
-            fisher = ev.fisher.to_config()
-            add("fisher", fisher_key(cfg.key, fisher), "fisher", {}, kind="fisher", fisher=fisher)
-        if ev.robustness.enabled:
-            for rob in ev.robustness.configs(cfg.source.name, cfg.norm):
-                add(
-                    "robustness",
-                    robustness_key(cfg.key, rob),
-                    f"robustness {rob.id} eps={rob.eps:.4g}",
-                    {},
-                    kind="robustness",
-                    robustness=rob,
-                )
-        if ev.inversion.enabled:
-            n = ev.inversion.num_images
-            for variant, inv in ev.inversion.configs():
-                key = inversion_key(cfg.key, inv, n)
-                path = storage.join(self.results_dir, "artifacts", "inversion", f"{key}.png")
-                add(
-                    "inversion",
-                    key,
-                    f"inversion {variant}",
-                    {"variant": variant},
-                    kind="inversion",
-                    inversion=inv,
-                    num_images=n,
-                    artifact_path=path,
-                )
+                continue
+            out.append(PendingEval(p.task, p.table, p.row, p.name, trial_run_id, trial_run_id))
         return out
 
-    def baseline_tasks(self) -> list[PendingEval]:
-        """Raw-pixel baselines per target; random-init ones per (source, arch, seed, target)."""
-        ev = self.spec.evaluations.transfer
-        if not ev.baselines:
-            return []
-        probe = ev.to_config()
-        data = self.spec.data.to_config()
-        out: list[PendingEval] = []
-        seen: set[str] = set()
-        for target in self.spec.transfer_targets():
-            key = raw_pixel_key(target, data, probe)
-            if key not in seen and not self.parquet.has("transfer", key):
-                task = EvalTask("raw_pixels", key, data, target=target, probe=probe, load=self.load)
-                row = {
-                    "eval_key": key,
-                    "trial_key": None,
-                    "kind": "raw_pixels",
-                    "target": target.id,
-                }
-                out.append(
-                    PendingEval(
-                        task,
-                        "transfer",
-                        row,
-                        f"baseline raw pixels {target.id}",
-                        self.parent_run_id,
-                        None,
-                    )
-                )
-            seen.add(key)
-            for cfg in self.spec.baseline_configs():
-                key = random_init_key(cfg, target, probe)
-                if key in seen or self.parquet.has("transfer", key):
-                    seen.add(key)
-                    continue
-                seen.add(key)
-                task = EvalTask(
-                    "random_init",
-                    key,
-                    cfg.data,
-                    train=cfg,
-                    target=target,
-                    probe=probe,
-                    load=self.load,
-                )
-                row = {
-                    "eval_key": key,
-                    "trial_key": None,
-                    "kind": "random_init",
-                    "target": target.id,
-                    "source": cfg.source.id,
-                    "arch": cfg.arch.id,
-                    "seed": cfg.seed,
-                }
-                name = f"baseline random init {cfg.arch.id} seed={cfg.seed} {target.id}"
-                out.append(PendingEval(task, "transfer", row, name, self.parent_run_id, None))
-        return out
+    def baseline_tasks(self) -> list[PlannedEval]:
+        """The transfer baselines not in the tables yet (logged under the study's run)."""
+        return [
+            p
+            for p in plan_baselines(self.spec, self.load)
+            if not self.parquet.has(p.table, p.task.eval_key)
+        ]
 
     def submit(self, evals: list[PendingEval]) -> None:
         from trainables.tune_entry import evaluate_remote
@@ -386,19 +305,20 @@ class Study:
                 "evaluation": ev.task.kind,
                 **({"trial_key": ev.row["trial_key"]} if ev.row.get("trial_key") else {}),
             },
+            metrics=metrics,
         )
-        self.mlflow.log_metrics(run_id, metrics)
         for artifact in self.eval_artifacts(ev, result):
             self.mlflow.log_artifact(run_id, artifact)
         self.mlflow.end_run(run_id, "FINISHED")
         if ev.trial_run_id is not None:
+            # On the trial's run too: sent with the next periodic flush, in one batch.
             self.mlflow.log_metrics(
                 ev.trial_run_id, {k: v for k, v in metrics.items() if k.startswith(prefix)}
             )
-            self.mlflow.flush(ev.trial_run_id)
         row = {**ev.row, **result, "mlflow_run_id": run_id}
         self.parquet.append(ev.table, [row])
         self.summary.evals_done += 1
+        self.summary.eval_time_s += float(result.get("wall_time_s") or 0.0)
         self.say(f"  eval  {ev.name:<40} {self.describe_result(ev, result)}")
 
     def eval_artifacts(self, ev: PendingEval, result: dict[str, Any]) -> list[Path]:
@@ -567,10 +487,10 @@ class Study:
             "mlflow_run_id": run_id,
             "completed_at": datetime.now(timezone.utc),
         }
-        self.mlflow.set_tags(run_id, {"checkpoint": checkpoint})
-        self.mlflow.end_run(run_id, "FINISHED")
+        self.mlflow.end_run(run_id, "FINISHED", tags={"checkpoint": checkpoint})
         self.parquet.append("trials", [row])
         self.summary.trials_done += 1
+        self.summary.trial_time_s += float(row["train_time_s"] or 0.0)
         done = self.summary.trials_done + self.summary.trials_cached
         self.say(
             f"[{done}/{self.summary.trials_total}] trial {describe_trial(cfg):<44} "
@@ -605,22 +525,26 @@ class Study:
         try:
             check_resources(self.spec.resources, types, where)
         except SpecError as exc:
+            self.open_parent_run()
             self.mlflow.set_tags(self.parent_run_id, {"error": str(exc)})
             self.mlflow.end_run(self.parent_run_id, "FAILED")
             self.flush()
             raise
 
-    def write_study_info(self) -> None:
-        """RESULTS/study.json: the spec and the software of this run, for reports."""
+    def write_study_info(self, last_run: dict[str, Any] | None = None) -> None:
+        """RESULTS/study.json: the spec and the software of this run, for reports; at the end
+        of a run also what it did and where its time went (last_run)."""
         from analysis.report import software_versions
 
-        info = {
+        info: dict[str, Any] = {
             "name": self.spec.name,
             "tracking_uri": self.spec.tracking_uri(),
             "spec": self.spec.model_dump(mode="json"),
             "versions": software_versions(RUN_PACKAGES),
             "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if last_run is not None:
+            info["last_run"] = last_run
         text = json.dumps(info, indent=2, sort_keys=False)
         storage.write_bytes(storage.join(self.results_dir, "study.json"), text.encode())
 
@@ -635,11 +559,8 @@ class Study:
         self.epoch_buffer: list[dict[str, Any]] = []
         self.last_results: dict[str, dict[str, Any]] = {}
         self.last_flush = time.monotonic()
+        self.spec_path = spec_path
         self.write_study_info()
-        orphaned = self.mlflow.end_orphaned_runs()
-        if orphaned:
-            self.say(f"marked {orphaned} MLflow runs KILLED: left RUNNING by an earlier driver")
-        self.start_parent_run(spec_path)
 
         todo: list[TrainConfig] = []
         cached_rows = {
@@ -648,7 +569,8 @@ class Study:
             .select(["trial_key", "checkpoint_path", "mlflow_run_id", "config_json", "proposed_by"])
             .to_pylist()
         }
-        evals: list[PendingEval] = self.baseline_tasks()
+        baselines = self.baseline_tasks()
+        evals: list[PendingEval] = []
         for cfg in self.configs:
             row = cached_rows.get(cfg.key)
             if row is None:
@@ -661,7 +583,7 @@ class Study:
             self.say(
                 f"study {self.spec.name}: {len(self.configs)} trials "
                 f"({self.summary.trials_cached} cached, {len(todo)} to run), "
-                f"{len(evals)} evaluations queued now"
+                f"{len(baselines) + len(evals)} evaluations queued now"
             )
         else:
             # Evaluations of the search's earlier trials that an earlier driver did not finish.
@@ -670,7 +592,9 @@ class Study:
                     cfg = train_config_from_dict(json.loads(row["config_json"]))
                     self.trial_runs[cfg.key] = row["mlflow_run_id"]
                     evals += self.eval_tasks_for(cfg, row["checkpoint_path"], row["mlflow_run_id"])
-            self.say(f"study {self.spec.name}: {len(evals)} evaluations queued now")
+            self.say(
+                f"study {self.spec.name}: {len(baselines) + len(evals)} evaluations queued now"
+            )
         search_budget = search_done = 0
         if self.spec.search is not None:
             from study.search import open_optuna_study
@@ -684,7 +608,7 @@ class Study:
                 f"search {self.spec.search.sampler}: {search_done} of "
                 f"{self.spec.search.num_trials} trials done, {search_budget} to propose"
             )
-        if (todo or evals or search_budget) and not ray.is_initialized():
+        if (todo or baselines or evals or search_budget) and not ray.is_initialized():
             if address is None:
                 self.check_cluster_fits(None)
             ray.init(address=address, include_dashboard=False, logging_level="ERROR")
@@ -692,7 +616,14 @@ class Study:
                 self.check_cluster_fits(address)
             # The ResultGrid looks for Tune's own result files, which the sinks replace.
             logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-        self.submit(evals)
+        self.open_parent_run()
+        self.submit(
+            [
+                PendingEval(p.task, p.table, p.row, p.name, self.parent_run_id, None)
+                for p in baselines
+            ]
+            + evals
+        )
 
         if todo or search_budget > 0:
             res = self.spec.resources
@@ -764,12 +695,32 @@ class Study:
             tuner.fit()
         self.harvest(timeout=0.0)
         while self.pending:
-            self.harvest(timeout=60.0)
+            self.harvest(timeout=5.0)
+            if time.monotonic() - self.last_flush > 5.0:
+                self.flush()
         self.flush()
         failed = self.summary.trials_failed + self.summary.evals_failed
+        self.summary.mlflow_s = self.mlflow.client.seconds
+        self.summary.parquet_s = self.parquet.seconds
+        self.mlflow.log_metrics(self.parent_run_id, self.timing_metrics())
         self.mlflow.end_run(self.parent_run_id, "FAILED" if failed else "FINISHED")
         self.summary.wall_time_s = time.monotonic() - t0
+        summary = asdict(self.summary)
+        summary["logging_share"] = self.summary.logging_share
+        self.write_study_info(last_run=summary)
         return self.summary
+
+    def timing_metrics(self) -> dict[str, float]:
+        s = self.summary
+        out = {
+            "study/trial_time_s": s.trial_time_s,
+            "study/eval_time_s": s.eval_time_s,
+            "study/mlflow_s": s.mlflow_s,
+            "study/parquet_s": s.parquet_s,
+        }
+        if not math.isnan(s.logging_share):
+            out["study/logging_share"] = s.logging_share
+        return out
 
 
 def _make_callback_class() -> type:

@@ -1,7 +1,8 @@
 """The Ray side of the trainables: Tune's function trainable and the evaluation task.
 
 This is the only module of `trainables` that imports ray. Each worker gets as many torch threads
-as the CPUs Ray allotted it, so concurrent trials never oversubscribe the cores.
+as the CPUs Ray allotted it, so concurrent trials never oversubscribe the cores. ray.tune is
+imported where a trial needs it, so that an evaluation worker does not pay for it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 
 import ray
 import torch
-from ray import tune
 
 from trainables import storage
 from trainables.checkpoint import find_latest_valid_checkpoint
@@ -53,6 +53,8 @@ class TuneReporter:
         self.load, self.device = load or LoadRequest(), device
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        from ray import tune
+
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         # Which Ray node trained it: kept in the trials table.
         node = ray.get_runtime_context().get_node_id()
@@ -100,6 +102,8 @@ def find_resume_checkpoint(config: dict[str, Any]) -> Path | None:
     Folders on remote storage (s3://...) are downloaded first. A corrupted newer checkpoint is
     skipped with a warning naming the bad file.
     """
+    from ray import tune
+
     locations: list[str] = []
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

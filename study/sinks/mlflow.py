@@ -62,6 +62,8 @@ class RetryingClient:
         self._client = client
         self._patience_s = patience_s
         self._say = say
+        # Wall time spent in MLflow calls (retries included): the study reports its share.
+        self.seconds = 0.0
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._client, name)
@@ -69,6 +71,13 @@ class RetryingClient:
             return method
 
         def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return retrying(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        def retrying(*args: Any, **kwargs: Any) -> Any:
             deadline = time.monotonic() + self._patience_s
             delay, warned = 0.5, False
             while True:
@@ -155,8 +164,13 @@ class MlflowSink:
         parent_run_id: str | None,
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
     ) -> str:
-        """The run with this key (created the first time, marked RUNNING again otherwise)."""
+        """The run with this key (created the first time, marked RUNNING again otherwise).
+
+        A new run gets its params and metrics in one log_batch: an evaluation's run costs
+        three calls (create, log_batch, set_terminated at end_run).
+        """
         all_tags = {KEY_TAG: key, ROLE_TAG: role, MLFLOW_RUN_NAME: name, **(tags or {})}
         if parent_run_id is not None:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
@@ -167,10 +181,14 @@ class MlflowSink:
             self._runs_by_key[key] = run_id
             flat = flatten_params("", dict(params or {}))
             items = [Param(k, v) for k, v in flat.items()]
-            for i in range(0, len(items), _MAX_PARAMS):
-                self.client.log_batch(run_id, params=items[i : i + _MAX_PARAMS])
+            values = self._metric_list(metrics or {}, 0)
+            for i in range(0, max(len(items), 1), _MAX_PARAMS):
+                first = values if i == 0 else []
+                if items[i : i + _MAX_PARAMS] or first:
+                    self.client.log_batch(run_id, params=items[i : i + _MAX_PARAMS], metrics=first)
         else:
             self.client.update_run(run_id, status="RUNNING")
+            self.log_metrics(run_id, metrics or {})
         return run_id
 
     def end_orphaned_runs(self) -> int:
@@ -189,29 +207,36 @@ class MlflowSink:
         """The id of the run carrying this key, or None."""
         return self._runs_by_key.get(key)
 
+    @staticmethod
+    def _metric_list(metrics: Mapping[str, float], step: int) -> list[Metric]:
+        now = int(time.time() * 1000)
+        return [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         """Buffer metrics; they are sent at the next flush."""
-        now = int(time.time() * 1000)
-        self._metrics[run_id].extend(
-            Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None
-        )
+        self._metrics[run_id].extend(self._metric_list(metrics, step))
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for i in range(0, len(items), _MAX_TAGS):
             self.client.log_batch(run_id, tags=items[i : i + _MAX_TAGS])
 
-    def flush(self, run_id: str | None = None) -> None:
-        """Send buffered metrics with log_batch (all runs, or one)."""
+    def flush(self, run_id: str | None = None, tags: Mapping[str, str] | None = None) -> None:
+        """Send buffered metrics with log_batch (all runs, or one run with these tags too)."""
         run_ids = [run_id] if run_id is not None else list(self._metrics)
         for rid in run_ids:
             metrics = self._metrics.pop(rid, [])
-            for i in range(0, len(metrics), _MAX_METRICS):
-                self.client.log_batch(rid, metrics=metrics[i : i + _MAX_METRICS])
+            items = [RunTag(k, str(v)) for k, v in (tags or {}).items()] if rid == run_id else []
+            for i in range(0, max(len(metrics), len(items)), max(_MAX_METRICS, _MAX_TAGS)):
+                self.client.log_batch(
+                    rid, metrics=metrics[i : i + _MAX_METRICS], tags=items[i : i + _MAX_TAGS]
+                )
 
-    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        """Flush the run's metrics and mark it FINISHED, FAILED or KILLED."""
-        self.flush(run_id)
+    def end_run(
+        self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None
+    ) -> None:
+        """Flush the run's metrics (and tags) and mark it FINISHED, FAILED or KILLED."""
+        self.flush(run_id, tags)
         self.client.set_terminated(run_id, status=status)
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:

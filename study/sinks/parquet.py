@@ -262,6 +262,7 @@ class ParquetSink:
     def __init__(self, tables_dir: str | Path) -> None:
         self.tables_dir = str(tables_dir)
         self._keys: dict[str, set[tuple[Any, ...]]] = {}
+        self.seconds = 0.0  # wall time spent writing parts (append)
         for table in SCHEMAS:
             folder = storage.join(self.tables_dir, table)
             if not part_files(folder):
@@ -278,6 +279,13 @@ class ParquetSink:
 
     def append(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
         """Append the rows whose key is new, as one atomically written part; returns how many."""
+        start = time.perf_counter()
+        try:
+            return self._append(table, rows)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _append(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
         fresh: list[Mapping[str, Any]] = []
         fresh_keys: set[tuple[Any, ...]] = set()
         for row in rows:

@@ -102,3 +102,13 @@ def test_max_per_class_keeps_a_seeded_balanced_subsample() -> None:
     assert np.bincount(a.train.targets).tolist() == [10, 10, 10]
     assert np.bincount(a.test.targets).tolist() == [5, 5, 5]
     assert torch.equal(a.x_train, b.x_train)
+
+
+def test_digits_read_without_sklearn_are_sklearns_digits() -> None:
+    from sklearn.datasets import load_digits
+
+    from trainables.data.builtin import digits_arrays
+
+    images, labels = digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
