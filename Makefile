@@ -20,6 +20,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest --durations=12
 
 bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_training.py --json benchmarks/training.json
+	$(BIN)/python benchmarks/bench_study.py --json benchmarks/study.json
+	$(BIN)/python benchmarks/bench_gpu.py --json benchmarks/gpu.json
 	$(BIN)/python benchmarks/bench_evals.py --json benchmarks/evals.json
 	$(BIN)/python benchmarks/bench_search.py --json benchmarks/search.json
 

@@ -137,8 +137,12 @@ def main() -> None:
     else:
         result["device"] = torch.cuda.get_device_name(0)
         peak = bf16_matmul_peak()
-        fp32 = pgd7_throughput(RunOptions(precision="fp32", channels_last="false"), args.batch, args.steps)
-        mixed = pgd7_throughput(RunOptions(precision="bf16", channels_last="true"), args.batch, args.steps)
+        fp32 = pgd7_throughput(
+            RunOptions(precision="fp32", channels_last="false"), args.batch, args.steps
+        )
+        mixed = pgd7_throughput(
+            RunOptions(precision="bf16", channels_last="true"), args.batch, args.steps
+        )
         mixed["fraction_of_bf16_peak"] = mixed["flops_per_step"] / mixed["step_s"] / peak
         result.update(bf16_matmul_peak_tflops=peak / 1e12, fp32=fp32, bf16_channels_last=mixed)
         print(f"{result['device']}: bf16 matmul peak {peak / 1e12:.0f} TFLOP/s")

@@ -54,11 +54,12 @@ class Case:
     eps: float
 
 
+RESNET, CNN = ArchRef("resnet18", 0.25), ArchRef("small_cnn", 1.0)
 CASES = (
-    Case("small ResNet (resnet18 x0.25), CIFAR-size, batch 128", ArchRef("resnet18", 0.25), 3, 32, 128, "linf", 8 / 255),
-    Case("small CNN, CIFAR-size, batch 128", ArchRef("small_cnn", 1.0), 3, 32, 128, "linf", 8 / 255),
-    Case("small CNN, the demo's digits (8x8), batch 32", ArchRef("small_cnn", 1.0), 1, 8, 32, "l2", 1.0),
-)  # fmt: skip
+    Case("small ResNet (resnet18 x0.25), 32x32x3, batch 128", RESNET, 3, 32, 128, "linf", 8 / 255),
+    Case("small CNN, 32x32x3, batch 128", CNN, 3, 32, 128, "linf", 8 / 255),
+    Case("small CNN, the demo's digits (8x8), batch 32", CNN, 1, 8, 32, "l2", 1.0),
+)
 
 
 def matmul_peak(threads: int, n: int = 2048, repeats: int = 10) -> float:
@@ -80,7 +81,9 @@ class Stepper:
 
     def __init__(self, case: Case) -> None:
         torch.manual_seed(0)
-        inputs = ModelInput(case.channels, case.size, (0.5,) * case.channels, (0.25,) * case.channels)
+        inputs = ModelInput(
+            case.channels, case.size, (0.5,) * case.channels, (0.25,) * case.channels
+        )
         self.model = build_model(case.arch, inputs, 10)
         self.optimizer = build_optimizer(self.model, OptimConfig(optimizer="sgd", lr=0.01))
         self.setup = DeviceSetup(torch.device("cpu"), RunOptions())
@@ -155,7 +158,10 @@ def profile(stepper: Stepper) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    for label, fn in (("clean step", lambda: stepper.step(0)), ("attack step", stepper.attack_only)):
+    for label, fn in (
+        ("clean step", lambda: stepper.step(0)),
+        ("attack step", stepper.attack_only),
+    ):
         fn()
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(5):
@@ -192,8 +198,9 @@ def main() -> None:
         for k in KS:
             c = cost[f"pgd{k}"]
             verdict = "met" if c["over_bound"] <= 1.05 else "NOT MET"
+            over = 100 * (c["over_bound"] - 1)
             print(f"  PGD-{k:<2} step / clean step {c['ratio']:6.3f}   bound (2k+3)/3 "
-                  f"{c['bound']:6.3f}   {100 * (c['over_bound'] - 1):+5.1f}%  {verdict}")  # fmt: skip
+                  f"{c['bound']:6.3f}   {over:+5.1f}%  {verdict}")  # fmt: skip
         if args.profile:
             profile(stepper)
     resnet = result["cases"][CASES[0].name]["throughput"]["fraction_of_peak"]

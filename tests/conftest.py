@@ -143,6 +143,22 @@ def smoke(
 
 
 @pytest.fixture(scope="session")
+def demo(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+    """sweeps/demo.yaml, exactly as `make demo` runs it, into a temporary results folder (spec
+    path, results folder, the run): about two minutes on two cores."""
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("demo")
+    spec = yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text())
+    spec["output"] = {**spec["output"], "results_dir": str(tmp / "results")}
+    path = tmp / "demo.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path, tmp / "results", run_study("run", str(path), cwd=tmp)
+
+
+@pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A real S3 endpoint on 127.0.0.1 (moto's server) with a bucket `results`; yields the
     environment that points AWS clients (pyarrow, boto3, MLflow) at it. Stopped by its PID."""

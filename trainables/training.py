@@ -192,6 +192,27 @@ def set_determinism(deterministic: bool, device: torch.device) -> None:
         torch.backends.cudnn.deterministic = deterministic
 
 
+def training_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    cfg: TrainConfig,
+    setup: DeviceSetup,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One PGD (or FGSM-RS) adversarial training step, a clean one at eps 0: (loss, logits)."""
+    with setup.autocast():
+        if cfg.eps > 0:
+            xb = attack_batch(model, xb, yb, cfg.norm, cfg.eps, cfg.attack, generator)
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
 class FreeState:
     """The perturbation that free adversarial training carries across replays and minibatches."""
 
@@ -269,14 +290,7 @@ def run_training(
                         delta = clip_to_box(xb, delta)
                 free.delta[: len(xb)] = delta.detach()  # type: ignore[index]
             else:
-                with setup.autocast():
-                    if cfg.eps > 0:
-                        xb = attack_batch(model, xb, yb, cfg.norm, cfg.eps, cfg.attack, attack_gen)
-                    logits = model(xb)
-                    loss = F.cross_entropy(logits, yb)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                loss, logits = training_step(model, optimizer, xb, yb, cfg, setup, attack_gen)
             loss_sum += float(loss.detach()) * len(yb)
             correct += int((logits.detach().argmax(1) == yb).sum())
             seen += len(yb)

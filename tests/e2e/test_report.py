@@ -57,19 +57,42 @@ def test_the_report_is_logged_to_the_study_and_trial_runs(report) -> None:  # ty
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="needs chromium (.ci/run installs it)")
-def test_the_report_opens_in_headless_chromium(report) -> None:  # type: ignore[no-untyped-def]
-    _, out = report
-    shot = ROOT / "test-artifacts" / "report-smoke.png"
-    widths, has_claims, title = evaluate_page(
-        out / "report.html",
+def test_the_demos_report_opens_in_headless_chromium(demo) -> None:  # type: ignore[no-untyped-def]
+    _, results, run = demo
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    html = results / "report" / "report.html"
+    assert run.stdout.rstrip().endswith(f"report: {html}")  # what `make demo` ends with
+    figures = results / "report" / "figures"
+    assert {p.stem for p in figures.glob("*.png")} >= {
+        *("source_accuracy", "transfer", "tradeoff", "fisher", "inversion"),
+    }
+    shot = ROOT / "test-artifacts" / "report-demo.png"
+    widths, heights, has_claims, claim_rows, title = evaluate_page(
+        html,
         [
             "Array.from(document.images).map(i => i.naturalWidth)",
+            "Array.from(document.images).map(i => i.naturalHeight)",
             "!!document.querySelector('#claims table')",
+            "document.querySelectorAll('#claims table tr').length",
             "document.title",
         ],
         screenshot=shot,
     )
-    assert len(widths) == len(list((out / "figures").glob("*.png"))) >= 4
-    assert all(w > 0 for w in widths), widths
-    assert has_claims and title == "Study smoke"
+    assert len(widths) == len(list(figures.glob("*.png"))) >= 5
+    assert all(w > 0 for w in widths) and all(h > 0 for h in heights), (widths, heights)
+    assert has_claims and claim_rows > 1 and title == "Study demo"
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_running_the_demo_again_reuses_everything_and_its_report(demo) -> None:  # type: ignore[no-untyped-def]
+    path, results, first = demo
+    assert first.returncode == 0
+    html = results / "report" / "report.html"
+    written = html.stat().st_mtime_ns
+    again = run_study("run", str(path), cwd=path.parent)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "trials 0 run, 8 cached" in again.stdout and "evaluations 0 run" in again.stdout
+    assert "report unchanged" in again.stdout and html.stat().st_mtime_ns == written
+    # `study report` rewrites it on request.
+    rewritten = run_study("report", str(results), "--no-mlflow", cwd=path.parent)
+    assert rewritten.returncode == 0 and html.stat().st_mtime_ns > written
