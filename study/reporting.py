@@ -59,7 +59,10 @@ def publish_report(
         say("report unchanged: no new rows since it was written")
         return Report(html=html, markdown=markdown)
     report = _write_and_log(results_dir, out_dir, say, mlflow)
-    stamp.write_text(inputs)
+    if mlflow:
+        stamp.write_text(inputs)
+    else:  # not logged: a later `study run` must write and log it again
+        stamp.unlink(missing_ok=True)
     return report
 
 

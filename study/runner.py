@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from study.plan import PlannedEval, plan_baselines, plan_trial_evaluations
-from study.sinks.mlflow import MlflowSink
 from study.sinks.parquet import ParquetSink, read_table
 from study.spec import SpecError, SweepSpec
 from trainables import storage

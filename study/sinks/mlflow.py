@@ -14,7 +14,8 @@ import os
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -180,12 +181,11 @@ class MlflowSink:
             run_id = run.info.run_id
             self._runs_by_key[key] = run_id
             flat = flatten_params("", dict(params or {}))
-            items = [Param(k, v) for k, v in flat.items()]
-            values = self._metric_list(metrics or {}, 0)
-            for i in range(0, max(len(items), 1), _MAX_PARAMS):
-                first = values if i == 0 else []
-                if items[i : i + _MAX_PARAMS] or first:
-                    self.client.log_batch(run_id, params=items[i : i + _MAX_PARAMS], metrics=first)
+            self._log_batches(
+                run_id,
+                metrics=self._metric_list(metrics or {}, 0),
+                params=[Param(k, v) for k, v in flat.items()],
+            )
         else:
             self.client.update_run(run_id, status="RUNNING")
             self.log_metrics(run_id, metrics or {})
@@ -216,21 +216,36 @@ class MlflowSink:
         """Buffer metrics; they are sent at the next flush."""
         self._metrics[run_id].extend(self._metric_list(metrics, step))
 
+    def _log_batches(
+        self,
+        run_id: str,
+        metrics: Sequence[Metric] = (),
+        params: Sequence[Param] = (),
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """As few log_batch calls as MLflow's per-call limits allow (none when all are empty)."""
+        items = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        chunks = [
+            [values[i : i + limit] for i in range(0, len(values), limit)]
+            for values, limit in (
+                (metrics, _MAX_METRICS),
+                (params, _MAX_PARAMS),
+                (items, _MAX_TAGS),
+            )
+        ]
+        for m, p, t in zip_longest(*chunks, fillvalue=[]):
+            self.client.log_batch(run_id, metrics=list(m), params=list(p), tags=list(t))
+
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
-        for i in range(0, len(items), _MAX_TAGS):
-            self.client.log_batch(run_id, tags=items[i : i + _MAX_TAGS])
+        self._log_batches(run_id, tags=tags)
 
     def flush(self, run_id: str | None = None, tags: Mapping[str, str] | None = None) -> None:
         """Send buffered metrics with log_batch (all runs, or one run with these tags too)."""
         run_ids = [run_id] if run_id is not None else list(self._metrics)
         for rid in run_ids:
-            metrics = self._metrics.pop(rid, [])
-            items = [RunTag(k, str(v)) for k, v in (tags or {}).items()] if rid == run_id else []
-            for i in range(0, max(len(metrics), len(items)), max(_MAX_METRICS, _MAX_TAGS)):
-                self.client.log_batch(
-                    rid, metrics=metrics[i : i + _MAX_METRICS], tags=items[i : i + _MAX_TAGS]
-                )
+            self._log_batches(
+                rid, metrics=self._metrics.pop(rid, []), tags=tags if rid == run_id else None
+            )
 
     def end_run(
         self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None

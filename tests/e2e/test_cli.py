@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -48,6 +49,13 @@ def test_run_writes_every_row_and_prints_the_table(smoke) -> None:  # type: igno
     assert str(results / "tables") in first.stdout
     for ckpt in t["trials"]["checkpoint_path"]:
         assert (Path(ckpt) / "model.safetensors").is_file()
+    # Where the run's time went: printed, and kept in study.json with the run's own counts.
+    last = json.loads((results / "study.json").read_text())["last_run"]
+    assert (last["trials_done"], last["evals_done"]) == (2, 12)
+    assert last["trial_time_s"] > 0 and last["eval_time_s"] > 0 and last["mlflow_s"] > 0
+    share = (last["mlflow_s"] + last["parquet_s"]) / (last["trial_time_s"] + last["eval_time_s"])
+    assert last["logging_share"] == pytest.approx(share)
+    assert f"= {100 * share:.2f}% of the" in first.stdout
 
 
 def test_mlflow_has_one_parent_and_its_nested_runs(smoke) -> None:  # type: ignore[no-untyped-def]

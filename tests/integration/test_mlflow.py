@@ -69,3 +69,21 @@ def test_metrics_are_buffered_until_flush(mlflow_server: str, tmp_path: Path) ->
     assert sink.client.get_metric_history(run, "m") == []
     sink.flush()
     assert len(sink.client.get_metric_history(run, "m")) == 50
+
+
+def test_batches_respect_mlflows_limits_and_lose_nothing(
+    mlflow_server: str, tmp_path: Path
+) -> None:
+    sink = MlflowSink(mlflow_server, "limits", tmp_path / "art")
+    params = {f"p{i}": i for i in range(250)}  # 3 batches of at most 100 params
+    metrics = {f"m{i}": float(i) for i in range(1500)}  # 2 batches of at most 1000 metrics
+    run = sink.run_for("r", name="r", role="evaluation", parent_run_id=None, params=params,
+                       metrics=metrics)  # fmt: skip
+    calls = sink.client.seconds
+    sink.end_run(run, "FINISHED", tags={f"t{i}": str(i) for i in range(150)})
+    assert sink.client.seconds > calls  # the time in MLflow calls is counted
+    data = sink.client.get_run(run).data
+    assert len(data.params) == 250 and data.params["p249"] == "249"
+    assert len(data.metrics) == 1500 and data.metrics["m1499"] == 1499.0
+    assert sum(k.startswith("t") and k[1:].isdigit() for k in data.tags) == 150
+    assert sink.client.get_run(run).info.status == "FINISHED"
