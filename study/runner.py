@@ -15,24 +15,21 @@ import logging
 import math
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from study.plan import PlannedEval, plan_baselines, plan_trial_evaluations
+from study.sinks.mlflow import MlflowSink
 from study.sinks.parquet import ParquetSink, read_table
 from study.spec import SpecError, SweepSpec
 from trainables import storage
 from trainables.config import TrainConfig, to_canonical, train_config_from_dict, trial_config
 from trainables.data import LoadRequest
 from trainables.evals import EvalTask
-
-if TYPE_CHECKING:
-    from study.sinks.mlflow import MlflowSink
 
 Printer = Callable[[str], None]
 
@@ -159,14 +156,9 @@ class Study:
         self.load = LoadRequest(root=root, download=spec.data.download)
         check_data(spec, self.load)
         self.parquet = ParquetSink(storage.join(self.results_dir, "tables"))
-        # MLflow (seconds to import, and to create a new store's tables) opens in a thread
-        # while the driver plans and starts Ray; self.mlflow waits for it.
-        self._mlflow: MlflowSink | None = None
-        self._mlflow_error: BaseException | None = None
-        self._mlflow_thread = threading.Thread(
-            target=self._open_mlflow, name="atsweep-mlflow", daemon=True
+        self.mlflow = MlflowSink(
+            spec.tracking_uri(), spec.name, storage.join(self.results_dir, "mlartifacts")
         )
-        self._mlflow_thread.start()
         self.summary = StudySummary()
         self.configs = spec.expand()
         self.summary.trials_total = spec.search.num_trials if spec.search else len(self.configs)
@@ -178,33 +170,6 @@ class Study:
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
 
     # ----- MLflow hierarchy -----------------------------------------------------------------
-    def _open_mlflow(self) -> None:
-        try:
-            from study.sinks.mlflow import MlflowSink
-
-            self._mlflow = MlflowSink(
-                self.spec.tracking_uri(),
-                self.spec.name,
-                storage.join(self.results_dir, "mlartifacts"),
-            )
-        except BaseException as exc:  # re-raised in the driver's thread by self.mlflow
-            self._mlflow_error = exc
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks (this study too) with the experiment; a thread cannot be.
-        self.mlflow  # noqa: B018  (opened before it is pickled)
-        return {**self.__dict__, "_mlflow_thread": None}
-
-    @property
-    def mlflow(self) -> MlflowSink:
-        """The study's MLflow sink, once the thread that opens it is done."""
-        if self._mlflow is None:
-            self._mlflow_thread.join()
-            if self._mlflow_error is not None:
-                raise self._mlflow_error
-        assert self._mlflow is not None
-        return self._mlflow
-
     def open_parent_run(self) -> None:
         """Once per run: mark runs an earlier driver left RUNNING, then open the study's run."""
         if self.parent_run_id:
