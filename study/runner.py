@@ -693,9 +693,17 @@ def _make_callback_class() -> type:
     class _StudyCallback(tune.Callback):  # type: ignore[misc]
         """Tune's driver-side hooks, forwarded to the Study (the single writer)."""
 
-        def __init__(self, study: Study) -> None:
+        def __init__(self, study: Study | None) -> None:
             self.study = study
             self.configs: dict[str, TrainConfig] = {}
+
+        def __reduce__(self) -> tuple[Any, ...]:
+            # Tune pickles its callbacks into the experiment state (for Tuner.restore, which a
+            # study never uses: a re-run resumes from its tables). The study is not pickled: it
+            # holds the sinks and the printer, and `print` stops being picklable once Ray's
+            # log thread has replaced builtins.print (its tqdm patch), which made Tuner()
+            # fail at random.
+            return (type(self), (None,))
 
         def _cfg(self, trial: Any) -> TrainConfig:
             if trial.trial_id not in self.configs:

@@ -32,7 +32,12 @@ def test_a_20_second_outage_loses_nothing_and_logging_catches_up(tmp_path: Path)
         ray_dir = tmp_path / "results" / "ray"
         deadline = time.monotonic() + 240
         while not list(ray_dir.glob("*/*/checkpoint_*/manifest.json")):
-            assert study.poll() is None and time.monotonic() < deadline
+            if study.poll() is not None:
+                pytest.fail(
+                    f"the study exited ({study.returncode}) before its first checkpoint:\n"
+                    + study.communicate()[0][-4000:]
+                )
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.2)
         stop_server(server)
         time.sleep(20)
