@@ -227,3 +227,59 @@ def test_regularisers_change_the_reconstruction_and_tv_smooths_it() -> None:
     )
     assert not torch.equal(fisher.reconstructions, plain.reconstructions)
     assert 0 <= plain.relative_error < 1
+
+
+@pytest.mark.parametrize(("channels", "side"), [(1, 8), (3, 32), (1, 28), (3, 11)])
+def test_psnr_and_ssim_match_torchmetrics(channels: int, side: int) -> None:
+    from torchmetrics.functional.image import (
+        peak_signal_noise_ratio,
+        structural_similarity_index_measure,
+    )
+
+    from trainables.evals.inversion import measure_reconstruction
+
+    gen = torch.Generator().manual_seed(side)
+    x0 = torch.rand(5, channels, side, side, generator=gen)
+    # From unrelated noise to near copies: SSIM over its whole range.
+    noise = torch.rand(5, channels, side, side, generator=gen)
+    weight = torch.linspace(0.0, 1.0, 5).view(5, 1, 1, 1)
+    x = weight * x0 + (1 - weight) * noise + 0.01 * torch.randn(x0.shape, generator=gen)
+    x = x.clamp(0, 1)
+    psnr, ssim = measure_reconstruction(x0, x)
+    for i in range(5):
+        a, b = x[i : i + 1], x0[i : i + 1]
+        reference = float(peak_signal_noise_ratio(a, b, data_range=1.0))
+        assert psnr[i] == pytest.approx(reference, abs=1e-4)
+        reference = float(structural_similarity_index_measure(a, b, data_range=1.0))
+        assert ssim[i] == pytest.approx(reference, abs=1e-5)
+    assert ssim[0] < 0.2 < 0.9 < ssim[-1]
+    same_psnr, same_ssim = measure_reconstruction(x0, x0.clone())
+    assert same_ssim == pytest.approx([1.0] * 5, abs=1e-6)
+    assert all(p == float("inf") for p in same_psnr)
+
+
+def test_ssim_of_images_smaller_than_its_window_is_defined() -> None:
+    from trainables.evals.inversion import measure_reconstruction
+
+    x0 = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    _, ssim = measure_reconstruction(x0, x0.clone())
+    assert ssim == pytest.approx([1.0, 1.0], abs=1e-6)
+    _, worse = measure_reconstruction(x0, (x0 + 0.3).clamp(0, 1))
+    assert all(s < 1.0 for s in worse)
+
+
+def test_the_inversion_grid_is_torchvisions_save_image_pixel_for_pixel(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    from PIL import Image
+    from torch.nn import functional as F
+    from torchvision.utils import save_image
+
+    from trainables.evals.inversion import save_inversion_grid
+
+    gen = torch.Generator().manual_seed(0)
+    originals = torch.rand(3, 1, 8, 8, generator=gen)
+    rows = [torch.rand(3, 1, 8, 8, generator=gen), torch.rand(3, 1, 8, 8, generator=gen)]
+    ours = save_inversion_grid(tmp_path / "ours.png", originals, rows, scale=2)
+    images = F.interpolate(torch.cat([originals, *rows]).expand(-1, 3, -1, -1), scale_factor=2)
+    save_image(images, str(tmp_path / "tv.png"), nrow=3, padding=2, pad_value=1.0)
+    assert np.array_equal(np.asarray(Image.open(ours)), np.asarray(Image.open(tmp_path / "tv.png")))
