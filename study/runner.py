@@ -33,12 +33,17 @@ from trainables.evals import EvalTask
 
 Printer = Callable[[str], None]
 
-# Tune's own CSV/JSON/TensorBoard loggers duplicate what the sinks write; the trial processes
-# keep the working directory so that relative data roots resolve as the user wrote them.
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-# Every epoch's checkpoint forces an experiment snapshot: expected here, not a bottleneck.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+def configure_tune_environment() -> None:
+    """Tune's settings for a study, set by Study.run before Ray starts (a local Ray's workers
+    inherit them), not on import: a process that only imports this module keeps Tune's defaults.
+
+    Tune's own CSV/JSON/TensorBoard loggers duplicate what the sinks write; the trial processes
+    keep the working directory so that relative data roots resolve as the user wrote them; every
+    epoch's checkpoint forces an experiment snapshot, expected here and not a bottleneck."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def check_data(spec: SweepSpec, load: LoadRequest) -> None:
@@ -514,6 +519,7 @@ class Study:
 
     # ----- the whole study ------------------------------------------------------------------
     def run(self, address: str | None = None, spec_path: Path | None = None) -> StudySummary:
+        configure_tune_environment()
         import ray
         from ray import tune
 

@@ -4,6 +4,9 @@ whatever Ray's driver did to builtins.print (its log thread installs tqdm_ray's 
 from __future__ import annotations
 
 import builtins
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,13 +26,28 @@ def test_the_callback_pickles_without_its_study_after_print_is_patched(
     spec = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
     spec["output"] = {"results_dir": str(tmp_path / "results")}
     (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(spec))
-    study = Study(load_spec(tmp_path / "smoke.yaml"))
-    assert study.say is print
+    study = Study(load_spec(tmp_path / "smoke.yaml"))  # its printer: the builtin print
     callback = StudyCallback(study)
-    # What ray._private.worker does when the first worker log lines reach the driver.
+    # What ray._private.worker does when the first worker log lines reach the driver (a
+    # test that ran Ray in this process may have done it already).
     monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: None)
     with pytest.raises(Exception, match="print"):
         cloudpickle.dumps(study)  # the study itself no longer pickles ...
     restored = cloudpickle.loads(cloudpickle.dumps(callback))  # ... its callback does
     assert restored.study is None and restored.configs == {}
     assert type(restored).__name__ == type(callback).__name__
+
+
+def test_importing_the_runner_leaves_tunes_settings_alone() -> None:
+    """Tune's loggers are switched off by Study.run, not by an import: a program (or a test
+    session) that imports study.runner and runs Tune itself keeps Tune's result files."""
+    code = (
+        "import os, study.runner; "
+        "print([k for k in ('TUNE_DISABLE_AUTO_CALLBACK_LOGGERS', 'RAY_CHDIR_TO_TRIAL_DIR') "
+        "if k in os.environ])"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNE_", "RAY_"))}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
