@@ -109,7 +109,8 @@ def ssim_per_image(
     channels = x.shape[1]
     size = min(2 * int(3.5 * sigma + 0.5) + 1, 2 * min(x.shape[-2:]) - 1)
     pad = (size - 1) // 2
-    dist = torch.arange(size, dtype=torch.float32) - pad
+    # On the images' device: the inversion runs on CUDA when the evaluation has a GPU.
+    dist = torch.arange(size, dtype=torch.float32, device=x.device) - pad
     g = torch.exp(-((dist / sigma) ** 2) / 2)
     g = g / g.sum()
     kernel = torch.outer(g, g).expand(channels, 1, size, size)
