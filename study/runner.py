@@ -34,6 +34,9 @@ from trainables.evals import EvalTask
 Printer = Callable[[str], None]
 
 
+IDLE_WORKER_KEEP_MS = 3_600_000
+
+
 def configure_tune_environment() -> None:
     """Tune's settings for a study, set by Study.run before Ray starts (a local Ray's workers
     inherit them), not on import: a process that only imports this module keeps Tune's defaults.
@@ -44,6 +47,12 @@ def configure_tune_environment() -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # The evaluations wait while Tune's trial actors hold every CPU. By default a local Ray
+    # kills an idle worker after 1 s once the node has more workers than CPUs, so each
+    # evaluation then starts a fresh worker that imports torch again (3-5 CPU-s each); kept
+    # alive, the workers that ran the baselines run the evaluations. Ray still kills idle
+    # workers first under memory pressure, and GPU tasks never reuse a worker (max_calls=1).
+    os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", str(IDLE_WORKER_KEEP_MS))
 
 
 def check_data(spec: SweepSpec, load: LoadRequest) -> None:
