@@ -587,7 +587,9 @@ class Study:
                 f"search {self.spec.search.sampler}: {search_done} of "
                 f"{self.spec.search.num_trials} trials done, {search_budget} to propose"
             )
+        started_ray = False
         if (todo or baselines or evals or search_budget) and not ray.is_initialized():
+            started_ray = True
             if address is None:
                 self.check_cluster_fits(None)
             ray.init(address=address, include_dashboard=False, logging_level="ERROR")
@@ -678,6 +680,10 @@ class Study:
             if time.monotonic() - self.last_flush > 5.0:
                 self.flush()
         self.flush()
+        if started_ray:
+            # Now rather than at exit, where Ray first sleeps 0.5 s for late log lines: every
+            # task has returned. A local cluster stops; a remote one only loses this driver.
+            ray.shutdown()
         failed = self.summary.trials_failed + self.summary.evals_failed
         self.summary.mlflow_s = self.mlflow.client.seconds
         self.summary.parquet_s = self.parquet.seconds

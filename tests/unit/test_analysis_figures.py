@@ -158,3 +158,39 @@ def test_tradeoff_points_average_targets_per_seed(study: Tables) -> None:
     assert p["n"] == 3
     assert p["y_low"] < p["y"] < p["y_high"]
     assert len(points) == 2 * len(EPS)
+
+
+def _epochs(key: str, loss: float, pgd_every: int = 1) -> pd.DataFrame:
+    epoch = np.arange(6)
+    return pd.DataFrame(
+        {
+            "trial_key": key,
+            "epoch": epoch,
+            "train_loss": loss * (1.0 + 1.0 / (1.0 + epoch)),
+            "train_acc": 0.5 + 0.05 * epoch,
+            "test_acc_clean": 0.6 + 0.05 * epoch,
+            "test_acc_pgd": np.where(
+                epoch % pgd_every == pgd_every - 1, 0.4 + 0.02 * epoch, np.nan
+            ),
+        }
+    )
+
+
+def test_trial_curves_one_png_per_trial_nothing_cut_off(tmp_path: Path) -> None:
+    """The layout solved for one trial is reused for the next; a trial whose loss ticks are
+    wider (losses in the hundred thousands) is laid out again: its y label stays inside."""
+    from analysis.figures import plot_trial_curves
+
+    epochs = pd.concat(
+        [_epochs("a", 1.0), _epochs("b", 0.8, pgd_every=3), _epochs("c", 123456.7)]
+    ).sample(frac=1.0, random_state=0)  # the table's rows come in any order
+    written = plot_trial_curves(epochs, tmp_path)
+    assert sorted(written) == ["a", "b", "c"]
+    for key, path in written.items():
+        assert path == tmp_path / f"trial_{key}.png"
+        image = mpimg.imread(path)[..., :3]
+        # Ink in the left margin's two outer pixel columns would be a label cut at the edge.
+        assert image[:, :2].min() > 0.9, key
+        # ... and the y label is there, a few pixels in.
+        assert image[:, 2:40].min() < 0.5, key
+    assert plot_trial_curves(epochs.iloc[:0], tmp_path / "none") == {}
