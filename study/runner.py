@@ -150,6 +150,7 @@ class StudySummary:
     eval_time_s: float = 0.0  # summed wall time of the evaluations run
     mlflow_s: float = 0.0  # driver time in MLflow calls
     parquet_s: float = 0.0  # driver time writing parquet parts
+    eval_logging_s: float = 0.0  # the part of mlflow_s + parquet_s that recorded evaluations
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -157,6 +158,25 @@ class StudySummary:
         """MLflow and parquet time over the trial and evaluation time (NaN when none ran)."""
         work = self.trial_time_s + self.eval_time_s
         return (self.mlflow_s + self.parquet_s) / work if work > 0 else math.nan
+
+    @property
+    def trial_logging_share(self) -> float:
+        """The logging of the study and its trials (runs, params, per-epoch metrics and rows)
+        over the trials' time (NaN when none trained)."""
+        logging = self.mlflow_s + self.parquet_s - self.eval_logging_s
+        return logging / self.trial_time_s if self.trial_time_s > 0 else math.nan
+
+    @property
+    def eval_logging_share(self) -> float:
+        """The logging of the evaluations (a run each, its artifacts, its row) over their time."""
+        return self.eval_logging_s / self.eval_time_s if self.eval_time_s > 0 else math.nan
+
+    def shares(self) -> dict[str, float]:
+        return {
+            "logging_share": self.logging_share,
+            "trial_logging_share": self.trial_logging_share,
+            "eval_logging_share": self.eval_logging_share,
+        }
 
 
 class Study:
@@ -270,7 +290,12 @@ class Study:
                 self.record_eval(ev, result)
             timeout = 0.0
 
+    def logging_seconds(self) -> float:
+        """Driver time in MLflow calls and parquet writes so far."""
+        return self.mlflow.client.seconds + self.parquet.seconds
+
     def record_eval(self, ev: PendingEval, result: dict[str, Any]) -> None:
+        start = self.logging_seconds()
         metrics, prefix = self.eval_metrics(ev, result)
         run_id = self.mlflow.run_for(
             f"eval:{ev.task.eval_key}",
@@ -295,6 +320,7 @@ class Study:
             )
         row = {**ev.row, **result, "mlflow_run_id": run_id}
         self.parquet.append(ev.table, [row])
+        self.summary.eval_logging_s += self.logging_seconds() - start
         self.summary.evals_done += 1
         self.summary.eval_time_s += float(result.get("wall_time_s") or 0.0)
         self.say(f"  eval  {ev.name:<40} {self.describe_result(ev, result)}")
@@ -385,6 +411,7 @@ class Study:
         return f"acc {result['test_acc']:.3f} (C={result['c']:g})"
 
     def record_eval_failure(self, ev: PendingEval, exc: BaseException) -> None:
+        start = self.logging_seconds()
         run_id = self.mlflow.run_for(
             f"eval:{ev.task.eval_key}",
             name=ev.name,
@@ -395,6 +422,7 @@ class Study:
         )
         self.mlflow.set_tags(run_id, {"error": str(exc)[:5000]})
         self.mlflow.end_run(run_id, "FAILED")
+        self.summary.eval_logging_s += self.logging_seconds() - start
         self.summary.evals_failed += 1
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         self.summary.failures.append(f"evaluation {ev.name}: {first_line}")
@@ -691,7 +719,7 @@ class Study:
         self.mlflow.end_run(self.parent_run_id, "FAILED" if failed else "FINISHED")
         self.summary.wall_time_s = time.monotonic() - t0
         summary = asdict(self.summary)
-        summary["logging_share"] = self.summary.logging_share
+        summary.update(self.summary.shares())
         self.write_study_info(last_run=summary)
         return self.summary
 
@@ -703,8 +731,7 @@ class Study:
             "study/mlflow_s": s.mlflow_s,
             "study/parquet_s": s.parquet_s,
         }
-        if not math.isnan(s.logging_share):
-            out["study/logging_share"] = s.logging_share
+        out.update({f"study/{k}": v for k, v in s.shares().items() if not math.isnan(v)})
         return out
 
 

@@ -56,6 +56,15 @@ def test_run_writes_every_row_and_prints_the_table(smoke) -> None:  # type: igno
     share = (last["mlflow_s"] + last["parquet_s"]) / (last["trial_time_s"] + last["eval_time_s"])
     assert last["logging_share"] == pytest.approx(share)
     assert f"= {100 * share:.2f}% of the" in first.stdout
+    # ... split between the trials' logging and the evaluations' (a run and a row each).
+    assert 0 < last["eval_logging_s"] < last["mlflow_s"] + last["parquet_s"]
+    trials = (last["mlflow_s"] + last["parquet_s"] - last["eval_logging_s"]) / last["trial_time_s"]
+    assert last["trial_logging_share"] == pytest.approx(trials)
+    assert last["eval_logging_share"] == pytest.approx(last["eval_logging_s"] / last["eval_time_s"])
+    assert (
+        f"(training {100 * trials:.2f}%, evaluations {100 * last['eval_logging_share']:.2f}%)"
+        in first.stdout
+    )
 
 
 def test_mlflow_has_one_parent_and_its_nested_runs(smoke) -> None:  # type: ignore[no-untyped-def]
