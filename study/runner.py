@@ -35,6 +35,9 @@ Printer = Callable[[str], None]
 
 
 IDLE_WORKER_KEEP_MS = 3_600_000
+# Buffered epoch rows and metrics go out this often (and when a trial ends): each flush is a
+# parquet part of the epochs table and one MLflow call per running trial.
+FLUSH_EVERY_S = 10.0
 
 
 def configure_tune_environment() -> None:
@@ -260,6 +263,8 @@ class Study:
         ]
 
     def submit(self, evals: list[PendingEval]) -> None:
+        if not evals:
+            return
         from trainables.tune_entry import evaluate_remote
 
         options = {
@@ -274,6 +279,8 @@ class Study:
 
     def harvest(self, timeout: float = 0.0) -> None:
         """Record every finished evaluation (waiting up to timeout for the first one)."""
+        if not self.pending:
+            return
         import ray
 
         while self.pending:
@@ -557,11 +564,6 @@ class Study:
     # ----- the whole study ------------------------------------------------------------------
     def run(self, address: str | None = None, spec_path: Path | None = None) -> StudySummary:
         configure_tune_environment()
-        import ray
-        from ray import tune
-
-        from trainables.tune_entry import train_trial
-
         t0 = time.monotonic()
         self.epoch_buffer: list[dict[str, Any]] = []
         self.last_results: dict[str, dict[str, Any]] = {}
@@ -616,8 +618,11 @@ class Study:
                 f"{self.spec.search.num_trials} trials done, {search_budget} to propose"
             )
         started_ray = False
-        if (todo or baselines or evals or search_budget) and not ray.is_initialized():
-            started_ray = True
+        if todo or baselines or evals or search_budget:
+            import ray  # not for a re-run that finds everything in the tables
+
+            started_ray = not ray.is_initialized()
+        if started_ray:
             if address is None:
                 self.check_cluster_fits(None)
             ray.init(address=address, include_dashboard=False, logging_level="ERROR")
@@ -635,6 +640,10 @@ class Study:
         )
 
         if todo or search_budget > 0:
+            from ray import tune
+
+            from trainables.tune_entry import train_trial
+
             res = self.spec.resources
             ray_dir = storage.join(self.results_dir, "ray", self.spec.name)
             attempt = time.strftime("%Y%m%d-%H%M%S")
@@ -705,7 +714,7 @@ class Study:
         self.harvest(timeout=0.0)
         while self.pending:
             self.harvest(timeout=5.0)
-            if time.monotonic() - self.last_flush > 5.0:
+            if time.monotonic() - self.last_flush > FLUSH_EVERY_S:
                 self.flush()
         self.flush()
         if started_ray:
@@ -777,7 +786,7 @@ def _make_callback_class() -> type:
 
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
             self.study.harvest(timeout=0.0)
-            if time.monotonic() - self.study.last_flush > 5.0:
+            if time.monotonic() - self.study.last_flush > FLUSH_EVERY_S:
                 self.study.flush()
 
     return _StudyCallback

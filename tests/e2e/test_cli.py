@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -93,9 +94,23 @@ def test_mlflow_has_one_parent_and_its_nested_runs(smoke) -> None:  # type: igno
 def test_running_twice_adds_no_rows_and_no_runs(smoke) -> None:  # type: ignore[no-untyped-def]
     path, results, _ = smoke
     before = {n: len(df) for n, df in tables(results).items()}
-    second = run_study("run", str(path), "--no-report", cwd=path.parent)
+    # The command's own code in a fresh process, to see what it imported: with nothing to
+    # run, a re-run neither starts Ray nor imports it.
+    code = (
+        "import sys; from study.cli import main; "
+        "code = main(['run', sys.argv[1], '--no-report']); print(code, 'ray' in sys.modules)"
+    )
+    second = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        cwd=path.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     assert "2 cached, 0 to run" in second.stdout
+    assert second.stdout.strip().splitlines()[-1] == "0 False"
     assert {n: len(df) for n, df in tables(results).items()} == before
     mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
     assert len(mlflow.search_runs(experiment_names=["smoke"])) == 15
