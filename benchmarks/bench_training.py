@@ -141,16 +141,14 @@ def at_step_cost(stepper: Stepper, rounds: int) -> dict[str, Any]:
     return out
 
 
-def flop_ratio(stepper: Stepper) -> float:
-    """An attack step's convolution and matmul FLOPs over a clean step's (FlopCounterMode):
-    2/3 when the network's first layer is a negligible share, more when its input gradient,
-    which a clean step never computes, is not. PGD-k then costs 1 + k * this in FLOPs."""
-    counts = []
-    for k in (0, 1):
-        with FlopCounterMode(display=False) as counter:
-            stepper.step(k)
-        counts.append(counter.get_total_flops())
-    return (counts[1] - counts[0]) / counts[0]
+def flop_ratio(stepper: Stepper, clean_flops: float) -> float:
+    """An attack step's convolution and matmul FLOPs over a clean step's (FlopCounterMode, the
+    clean step's count from throughput()): 2/3 when the network's first layer is a negligible
+    share, more when its input gradient, which a clean step never computes, is not. PGD-k then
+    costs 1 + k * this in FLOPs."""
+    with FlopCounterMode(display=False) as counter:
+        stepper.step(1)
+    return (counter.get_total_flops() - clean_flops) / clean_flops
 
 
 def throughput(stepper: Stepper, peak: float, repeats: int) -> dict[str, float]:
@@ -205,7 +203,7 @@ def main() -> None:
         stepper = Stepper(case)
         cost = at_step_cost(stepper, args.rounds)
         speed = throughput(stepper, peak, repeats=10)
-        attack_flops = flop_ratio(stepper)
+        attack_flops = flop_ratio(stepper, speed["flops_per_step"])
         for k in KS:
             cost[f"pgd{k}"]["flop_exact"] = 1 + k * attack_flops
         result["cases"][case.name] = {

@@ -16,7 +16,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -297,12 +298,25 @@ class Study:
                 self.record_eval(ev, result)
             timeout = 0.0
 
-    def logging_seconds(self) -> float:
-        """Driver time in MLflow calls and parquet writes so far."""
-        return self.mlflow.client.seconds + self.parquet.seconds
+    @contextmanager
+    def eval_logging(self) -> Iterator[None]:
+        """Counts the driver's MLflow and parquet time inside the block as the evaluations'."""
+        start = self.mlflow.client.seconds + self.parquet.seconds
+        try:
+            yield
+        finally:
+            now = self.mlflow.client.seconds + self.parquet.seconds
+            self.summary.eval_logging_s += now - start
 
     def record_eval(self, ev: PendingEval, result: dict[str, Any]) -> None:
-        start = self.logging_seconds()
+        with self.eval_logging():
+            self.log_eval(ev, result)
+        self.summary.evals_done += 1
+        self.summary.eval_time_s += float(result.get("wall_time_s") or 0.0)
+        self.say(f"  eval  {ev.name:<40} {self.describe_result(ev, result)}")
+
+    def log_eval(self, ev: PendingEval, result: dict[str, Any]) -> None:
+        """The evaluation's MLflow run (and its metrics on the trial's run) and its row."""
         metrics, prefix = self.eval_metrics(ev, result)
         run_id = self.mlflow.run_for(
             f"eval:{ev.task.eval_key}",
@@ -327,10 +341,6 @@ class Study:
             )
         row = {**ev.row, **result, "mlflow_run_id": run_id}
         self.parquet.append(ev.table, [row])
-        self.summary.eval_logging_s += self.logging_seconds() - start
-        self.summary.evals_done += 1
-        self.summary.eval_time_s += float(result.get("wall_time_s") or 0.0)
-        self.say(f"  eval  {ev.name:<40} {self.describe_result(ev, result)}")
 
     def eval_artifacts(self, ev: PendingEval, result: dict[str, Any]) -> list[Path]:
         """Local copies of the files logged with an evaluation's run: the inversion grid, the
@@ -418,18 +428,17 @@ class Study:
         return f"acc {result['test_acc']:.3f} (C={result['c']:g})"
 
     def record_eval_failure(self, ev: PendingEval, exc: BaseException) -> None:
-        start = self.logging_seconds()
-        run_id = self.mlflow.run_for(
-            f"eval:{ev.task.eval_key}",
-            name=ev.name,
-            role="evaluation",
-            parent_run_id=ev.parent_run_id,
-            params=self.eval_params(ev.task),
-            tags={"eval_key": ev.task.eval_key, "evaluation": ev.task.kind},
-        )
-        self.mlflow.set_tags(run_id, {"error": str(exc)[:5000]})
-        self.mlflow.end_run(run_id, "FAILED")
-        self.summary.eval_logging_s += self.logging_seconds() - start
+        with self.eval_logging():
+            run_id = self.mlflow.run_for(
+                f"eval:{ev.task.eval_key}",
+                name=ev.name,
+                role="evaluation",
+                parent_run_id=ev.parent_run_id,
+                params=self.eval_params(ev.task),
+                tags={"eval_key": ev.task.eval_key, "evaluation": ev.task.kind},
+            )
+            self.mlflow.set_tags(run_id, {"error": str(exc)[:5000]})
+            self.mlflow.end_run(run_id, "FAILED")
         self.summary.evals_failed += 1
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         self.summary.failures.append(f"evaluation {ev.name}: {first_line}")

@@ -4,6 +4,7 @@ whatever Ray's driver did to builtins.print (its log thread installs tqdm_ray's 
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import subprocess
 import sys
@@ -39,15 +40,22 @@ def test_the_callback_pickles_without_its_study_after_print_is_patched(
 
 
 def test_importing_the_runner_leaves_tunes_settings_alone() -> None:
-    """Tune's loggers are switched off by Study.run, not by an import: a program (or a test
-    session) that imports study.runner and runs Tune itself keeps Tune's result files."""
+    """Tune's and Ray's settings (no Tune loggers, no chdir, idle workers kept) are set by
+    Study.run, not by an import: a program (or a test session) that imports study.runner and
+    runs Tune or Ray itself keeps their defaults."""
     code = (
-        "import os, study.runner; "
-        "print([k for k in ('TUNE_DISABLE_AUTO_CALLBACK_LOGGERS', 'RAY_CHDIR_TO_TRIAL_DIR') "
-        "if k in os.environ])"
+        "import json, os; before = dict(os.environ); import study.runner as r; "
+        "on_import = sorted(set(os.environ) - set(before)); r.configure_tune_environment(); "
+        "print(json.dumps([on_import, sorted(set(os.environ) - set(before))]))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNE_", "RAY_"))}
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip() == "[]"
+    on_import, by_study = json.loads(out.stdout.strip().splitlines()[-1])
+    assert on_import == []
+    assert {
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS",
+        "RAY_CHDIR_TO_TRIAL_DIR",
+        "RAY_idle_worker_killing_time_threshold_ms",
+    } <= set(by_study)
