@@ -24,7 +24,9 @@ def find_chromium() -> str | None:
     return None
 
 
-async def _evaluate(ws_url: str, expressions: list[str], screenshot: Path | None) -> list[Any]:
+async def _evaluate(
+    ws_url: str, url: str, expressions: list[str], screenshot: Path | None
+) -> list[Any]:
     import aiohttp
 
     async with aiohttp.ClientSession() as session, session.ws_connect(ws_url, max_msg_size=0) as ws:
@@ -40,16 +42,24 @@ async def _evaluate(ws_url: str, expressions: list[str], screenshot: Path | None
                         raise RuntimeError(f"{method}: {reply['error']}")
                     return dict(reply["result"])
 
-        # Wait until the page and every image in it finished loading.
-        for _ in range(200):
-            state = await call(
-                "Runtime.evaluate",
-                expression="document.readyState === 'complete' && "
-                "Array.from(document.images).every(i => i.complete)",
-                returnByValue=True,
-            )
+        # The tab starts on about:blank, which is itself a 'complete' page: navigate it here and
+        # wait for the page at `url` (not just any page) and every image in it to finish loading.
+        await call("Page.enable")
+        navigated = await call("Page.navigate", url=url)
+        if navigated.get("errorText"):
+            raise RuntimeError(f"Chromium could not open {url}: {navigated['errorText']}")
+        ready = (
+            f"decodeURI(location.href) === decodeURI({json.dumps(url)}) && "
+            "document.readyState === 'complete' && "
+            "Array.from(document.images).every(i => i.complete)"
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            state = await call("Runtime.evaluate", expression=ready, returnByValue=True)
             if state["result"].get("value"):
                 break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not finish loading in Chromium within 120 s")
             await asyncio.sleep(0.1)
         values = []
         for expression in expressions:
@@ -76,11 +86,15 @@ def evaluate_page(page: Path, expressions: list[str], screenshot: Path | None = 
             "--no-sandbox",
             "--disable-gpu",
             "--no-first-run",
+            # No background connections: this machine's closed network refuses them.
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
             f"--user-data-dir={profile}",
             "--remote-debugging-address=127.0.0.1",
             f"--remote-debugging-port={port}",
             "--window-size=1280,2000",
-            page.resolve().as_uri(),
+            "about:blank",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -96,7 +110,10 @@ def evaluate_page(page: Path, expressions: list[str], screenshot: Path | None = 
                 break
             time.sleep(0.2)
         assert pages, "chromium opened no page"
-        return asyncio.run(_evaluate(pages[0]["webSocketDebuggerUrl"], expressions, screenshot))
+        url = page.resolve().as_uri()
+        return asyncio.run(
+            _evaluate(pages[0]["webSocketDebuggerUrl"], url, expressions, screenshot)
+        )
     finally:
         stop_server(proc)
         shutil.rmtree(profile, ignore_errors=True)
