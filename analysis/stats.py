@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from analysis.tables import TABLES, _filesystem, load_table
 
 # The schema version of study/sinks/parquet.py this analysis was written against; the contract
-# test tests/unit/test_analysis_contract.py keeps the two equal.
+# test tests/unit/analysis/test_analysis_contract.py keeps the two equal.
 KNOWN_SCHEMA_VERSION = 3
 VERSION_KEY = b"atsweep.schema_version"
 

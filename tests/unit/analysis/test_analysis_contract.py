@@ -12,7 +12,7 @@ from study.sinks.parquet import SCHEMA_VERSION, SCHEMAS
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_analysis_knows_the_sinks_schema_version() -> None:

@@ -14,7 +14,7 @@ from tests.analysis_study import build_study, noisy
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "analysis" / "examples"
 SCRIPTS = sorted(EXAMPLES.glob("*.py"))
 PETS = {0.0: 0.80, 0.25: 0.85, 0.5: 0.90, 1.0: 0.82}

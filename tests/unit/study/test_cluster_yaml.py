@@ -24,7 +24,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 pytestmark = pytest.mark.unit
 
-CLUSTER_YAML = Path(__file__).resolve().parents[2] / "cluster.yaml"
+CLUSTER_YAML = Path(__file__).resolve().parents[3] / "cluster.yaml"
 SCHEMA_PATH = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
 
 COMMAND_LISTS = (

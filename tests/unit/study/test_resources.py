@@ -13,7 +13,7 @@ from study.spec import ResourcesSpec, SpecError, SweepSpec
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CLUSTER = ROOT / "cluster.yaml"
 
 

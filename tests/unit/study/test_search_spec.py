@@ -15,7 +15,7 @@ from trainables.config import apply_search_params
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BASE = yaml.safe_load((ROOT / "sweeps" / "search.yaml").read_text())
 
 

@@ -15,7 +15,7 @@ from trainables.config import train_config_from_dict
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def base_spec(tmp_path: Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import yaml
 from study.runner import Study, StudyCallback
 from study.spec import load_spec
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_the_callback_pickles_without_its_study_after_print_is_patched(
