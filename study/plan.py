@@ -9,20 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from study.spec import (
-    SweepSpec,
-    finetune_key,
-    fisher_key,
-    inversion_key,
-    random_init_key,
-    raw_pixel_key,
-    robustness_key,
-    transfer_key,
-)
+from study.spec import SweepSpec
 from trainables import storage
-from trainables.config import TrainConfig
+from trainables.config import (
+    DataConfig,
+    DatasetRef,
+    FisherConfig,
+    ProbeConfig,
+    RobustnessConfig,
+    TrainConfig,
+    compute_key,
+)
 from trainables.data import LoadRequest
 from trainables.evals import EvalTask
+from trainables.evals.finetune import FinetuneConfig
+from trainables.evals.inversion import InversionConfig
 
 
 @dataclass(frozen=True)
@@ -152,3 +153,40 @@ def plan_baselines(spec: SweepSpec, load: LoadRequest) -> list[PlannedEval]:
             name = f"baseline random init {cfg.arch.id} seed={cfg.seed} {target.id}"
             out.append(PlannedEval(task, "transfer", row, name))
     return out
+
+
+def transfer_key(trial_key: str, target: DatasetRef, data: DataConfig, probe: ProbeConfig) -> str:
+    """The eval_key of a linear probe of one trained network on one target."""
+    return compute_key("transfer", trial_key, target, data, probe)
+
+
+def raw_pixel_key(target: DatasetRef, data: DataConfig, probe: ProbeConfig) -> str:
+    """The eval_key of the raw-pixel baseline of one target."""
+    return compute_key("raw_pixels", target, data, probe)
+
+
+def random_init_key(cfg: TrainConfig, target: DatasetRef, probe: ProbeConfig) -> str:
+    """The eval_key of the random-init baseline: same arch and source statistics, seed, target."""
+    return compute_key("random_init", cfg.source, cfg.arch, cfg.seed, target, cfg.data, probe)
+
+
+def fisher_key(trial_key: str, fisher: FisherConfig) -> str:
+    """The eval_key of the Fisher evaluation of one trained network."""
+    return compute_key("fisher", trial_key, fisher)
+
+
+def robustness_key(trial_key: str, robustness: RobustnessConfig) -> str:
+    """The eval_key of one robust-accuracy evaluation (radius, attack, sample) of a network."""
+    return compute_key("robustness", trial_key, robustness)
+
+
+def inversion_key(trial_key: str, inversion: InversionConfig, num_images: int) -> str:
+    """The eval_key of one inversion variant of a network."""
+    return compute_key("inversion", trial_key, inversion, num_images)
+
+
+def finetune_key(
+    trial_key: str, target: DatasetRef, data: DataConfig, finetune: FinetuneConfig
+) -> str:
+    """The eval_key of full fine-tuning of a network on one target."""
+    return compute_key("finetune", trial_key, target, data, finetune)

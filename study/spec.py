@@ -30,7 +30,6 @@ from trainables.config import (
     RobustnessConfig,
     RunOptions,
     TrainConfig,
-    compute_key,
 )
 from trainables.data import get_dataset_info, list_datasets
 from trainables.evals.finetune import FinetuneConfig
@@ -934,40 +933,3 @@ def load_spec(path: str | Path) -> SweepSpec:
         return SweepSpec.model_validate(raw)
     except ValidationError as exc:
         raise SpecError(f"{path}: {format_validation_error(exc)}") from exc
-
-
-def transfer_key(trial_key: str, target: DatasetRef, data: DataConfig, probe: ProbeConfig) -> str:
-    """The eval_key of a linear probe of one trained network on one target."""
-    return compute_key("transfer", trial_key, target, data, probe)
-
-
-def raw_pixel_key(target: DatasetRef, data: DataConfig, probe: ProbeConfig) -> str:
-    """The eval_key of the raw-pixel baseline of one target."""
-    return compute_key("raw_pixels", target, data, probe)
-
-
-def random_init_key(cfg: TrainConfig, target: DatasetRef, probe: ProbeConfig) -> str:
-    """The eval_key of the random-init baseline: same arch and source statistics, seed, target."""
-    return compute_key("random_init", cfg.source, cfg.arch, cfg.seed, target, cfg.data, probe)
-
-
-def fisher_key(trial_key: str, fisher: FisherConfig) -> str:
-    """The eval_key of the Fisher evaluation of one trained network."""
-    return compute_key("fisher", trial_key, fisher)
-
-
-def robustness_key(trial_key: str, robustness: RobustnessConfig) -> str:
-    """The eval_key of one robust-accuracy evaluation (radius, attack, sample) of a network."""
-    return compute_key("robustness", trial_key, robustness)
-
-
-def inversion_key(trial_key: str, inversion: InversionConfig, num_images: int) -> str:
-    """The eval_key of one inversion variant of a network."""
-    return compute_key("inversion", trial_key, inversion, num_images)
-
-
-def finetune_key(
-    trial_key: str, target: DatasetRef, data: DataConfig, finetune: FinetuneConfig
-) -> str:
-    """The eval_key of full fine-tuning of a network on one target."""
-    return compute_key("finetune", trial_key, target, data, finetune)
