@@ -1,5 +1,8 @@
 """Checks of the paper's claims C1-C6 (PAPER.md section 1) from a study's tables, with a verdict.
 
+scipy.stats (Welch intervals through analysis/stats.py, Spearman ranks here) is imported inside
+the functions that use it, so importing analysis stays fast for the `study` CLI.
+
 A block is one (source, arch, norm, attack); a curve is a measurement against the training eps,
 with one value per seed at each eps (rows of one seed are averaged first). Every statistic comes
 with a 95% CI across seeds and a verdict: "holds", "fails" or "undetermined". The rules:
@@ -25,7 +28,8 @@ with a 95% CI across seeds and a verdict: "holds", "fails" or "undetermined". Th
   accuracy - eps=0 probe accuracy (how much the standard network's features lose against raw
   pixels on that target; larger is farther), unless distances are given. Gain: the C2 best
   gain, max over eps > 0 of mean(e) - mean(0). Statistic: Spearman rank correlation of gain and
-  distance across targets (needs >= 3 targets with both). CI: percentile bootstrap over seeds
+  distance across targets (scipy.stats.spearmanr, average ranks for ties; needs >= 3 targets
+  with both). CI: percentile bootstrap over seeds
   (seeds resampled within each (target, eps), 2000 draws, fixed random seed). Holds iff
   ci_low > 0 and the one-sided permutation p-value over targets is <= 0.05 (exact for up to 8
   targets; 3 targets can never reach it: 1/6); fails iff ci_high < 0 with the opposite p <= 0.05.
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -183,11 +188,6 @@ def check_inverted_u(curve: Curve, baselines: str = "") -> list[dict[str, object
 
 
 # ----- C3: gain against distance across targets --------------------------------------------------
-def _rank_rows(x: np.ndarray) -> np.ndarray:
-    """Average ranks along each row (ties share their mean rank)."""
-    return pd.DataFrame(np.atleast_2d(x)).rank(axis=1).to_numpy(dtype=float)
-
-
 def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pearson correlation of matching rows; NaN where a row is constant."""
     a = a - a.mean(axis=1, keepdims=True)
@@ -198,14 +198,38 @@ def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rank correlation (average ranks for ties; NaN if either side is constant)."""
-    return float(_pearson_rows(_rank_rows(np.asarray(x)), _rank_rows(np.asarray(y)))[0])
+    """Spearman's rank correlation by scipy.stats.spearmanr (average ranks for ties; NaN if
+    either side is constant)."""
+    from scipy import stats
+
+    with warnings.catch_warnings():
+        # A constant side is an expected case here (every gain tied): the NaN says it.
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.spearmanr(np.asarray(x, float), np.asarray(y, float)).statistic)
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each pair of matching rows of a and b (2-D, same shape): the Pearson
+    correlation of the rows' average ranks, as spearmanr; NaN where a row is constant.
+
+    Vectorised for the bootstrap's thousands of draws: each row is ranked once by
+    scipy.stats.rankdata, where spearmanr on 2-D input would correlate every pair of rows.
+    """
+    from scipy import stats
+
+    return _pearson_rows(stats.rankdata(a, axis=1), stats.rankdata(b, axis=1))
 
 
 def permutation_p(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """One-sided p-values (positive, negative) of Spearman's rho under random pairing: exact
-    for up to 8 pairs, else 20000 random permutations."""
-    rx, ry = _rank_rows(np.asarray(x))[0], _rank_rows(np.asarray(y))[0]
+    for up to 8 pairs, else 20000 random permutations.
+
+    Permuting the pairs permutes y's ranks, so both sides are ranked once (scipy.stats.rankdata)
+    and every permutation costs one vectorised correlation of ranks.
+    """
+    from scipy import stats
+
+    rx, ry = stats.rankdata(np.asarray(x, float)), stats.rankdata(np.asarray(y, float))
     observed = spearman(x, y)
     if np.isnan(observed):
         return float("nan"), float("nan")
@@ -218,6 +242,8 @@ def permutation_p(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[float, f
         perms = np.array([rng.permutation(n) for _ in range(20000)])
         extra = 1  # the observed pairing counts as one of the permutations
     rhos = _pearson_rows(np.broadcast_to(rx, (len(perms), n)), ry[perms])
+    # The tolerance makes the observed pairing (and its equals) count whatever the rounding of
+    # scipy's correlation against this one.
     tol = 1e-12
     p_pos = (extra + np.sum(rhos >= observed - tol)) / (extra + len(perms))
     p_neg = (extra + np.sum(rhos <= observed + tol)) / (extra + len(perms))
@@ -303,7 +329,7 @@ def check_distance_gain(
         for t in usable
     }
     bgain, bdist = gain_and_distance(boot)
-    rhos = _pearson_rows(_rank_rows(bdist), _rank_rows(bgain))
+    rhos = spearman_rows(bdist, bgain)
     rhos = rhos[~np.isnan(rhos)]
     if len(rhos) < BOOTSTRAP_DRAWS // 2:
         notes.append("ranks tie in most bootstrap draws: no CI")

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.transforms import Bbox
 
+from analysis.pareto import pareto_front
 from analysis.stats import aggregate_seeds, complete_tables, fill_block_columns, join_trials
 
 PANEL = ["source", "arch", "norm"]
@@ -255,14 +256,13 @@ def plot_transfer(tables: Mapping[str, pd.DataFrame], out_dir: str | Path) -> li
 
 # ----- (c) trade-off -----------------------------------------------------------------------------
 def find_pareto_front(x: Sequence[float], y: Sequence[float]) -> list[int]:
-    """Indices of the points no other point beats on both x and y (higher is better), by x."""
-    order = sorted(range(len(x)), key=lambda i: (-x[i], -y[i]))
-    front, best_y = [], -math.inf
-    for i in order:
-        if y[i] > best_y:
-            front.append(i)
-            best_y = y[i]
-    return sorted(front, key=lambda i: x[i])
+    """Indices of the points no other point beats on both x and y (higher is better), by x.
+
+    The front is analysis/pareto.py's pareto_front, so ties and duplicates follow its rule (both
+    copies of a front point are on it); the indices are ordered by x (then by index) for drawing.
+    """
+    front = pareto_front(np.column_stack([np.asarray(x, float), np.asarray(y, float)]), True)
+    return sorted(front.tolist(), key=lambda i: (x[i], i))
 
 
 def compute_tradeoff_points(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

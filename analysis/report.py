@@ -29,7 +29,8 @@ from analysis.stats import load_tables
 from analysis.tables import _filesystem, format_tradeoff, tradeoff_table
 
 STUDY_INFO = "study.json"
-REPORT_PACKAGES = ("pandas", "pyarrow", "numpy", "matplotlib")
+# scipy computes the confidence intervals and rank correlations of the claim checks.
+REPORT_PACKAGES = ("pandas", "pyarrow", "numpy", "scipy", "matplotlib")
 CLAIM_COLUMNS = [
     *("claim", "source", "arch", "norm", "attack", "target", "setting", "statistic", "value"),
     *("ci_low", "ci_high", "at_eps", "n_seeds", "n_eps", "verdict", "note"),

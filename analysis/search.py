@@ -15,8 +15,10 @@ Directions are given per objective (`maximize`, True for "higher is better"); in
 objective is turned into one to minimise by negating the maximised ones.
 
 Dominance (the usual, weak, definition): row a dominates row b when a is at least as good as b on
-every objective and strictly better on at least one. Rows holding a NaN objective are left out of
-fronts and hypervolumes (they neither dominate nor are dominated).
+every objective and strictly better on at least one. Fronts are taken by analysis/pareto.py's
+pareto_front (re-exported here), whose rule for ties and duplicates the trade-off figure follows
+too. Rows holding a NaN objective are left out of fronts and hypervolumes (they neither dominate
+nor are dominated).
 
 Fronts, hypervolumes and summaries are taken over the rows as given: filter the tables to one
 (source, arch, norm) block first when a study holds several.
@@ -36,72 +38,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analysis.figures import STYLE, _eps_label, _save
+from analysis.pareto import _as_points, _front_min, _signs, pareto_front
 from analysis.stats import complete_tables
 
 GRID_PROPOSER = "grid"
 TRANSFER_PREFIX = "transfer:"
 SOURCE_OBJECTIVES = ("test_acc_clean", "test_acc_pgd")
 POINT_COLUMNS = ["trial_key", "source", "arch", "norm", "attack", "eps", "seed", "proposed_by"]
-
-
-# ----- Pareto fronts -----------------------------------------------------------------------------
-def _as_points(points: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
-    p = np.asarray(points, dtype=float)
-    if p.ndim == 1 and p.size == 0:
-        return p.reshape(0, 0)
-    if p.ndim != 2:
-        raise ValueError(f"points must be a 2-D array (rows x objectives), got shape {p.shape}")
-    return p
-
-
-def _signs(maximize: Sequence[bool] | bool, m: int) -> np.ndarray:
-    """-1 for each maximised objective, +1 for each minimised one (sign * x is minimised)."""
-    flags = [bool(maximize)] * m if isinstance(maximize, bool | np.bool_) else list(maximize)
-    if len(flags) != m:
-        raise ValueError(f"maximize has {len(flags)} entries for {m} objectives")
-    return np.where(np.asarray(flags, dtype=bool), -1.0, 1.0)
-
-
-def _front_min(q: np.ndarray, unique: bool = False) -> np.ndarray:
-    """Indices (ascending) of the non-dominated rows of q, every column minimised, no NaN."""
-    keep = np.ones(len(q), dtype=bool)
-    for i in range(len(q)):
-        dominators = np.all(q <= q[i], axis=1) & np.any(q < q[i], axis=1)
-        keep[i] = not dominators.any()
-    if unique:
-        # Of identical front rows, the first (lowest index) stays.
-        seen: set[bytes] = set()
-        for i in np.flatnonzero(keep):
-            row = q[i].tobytes()
-            if row in seen:
-                keep[i] = False
-            seen.add(row)
-    return np.flatnonzero(keep)
-
-
-def pareto_front(
-    points: np.ndarray | Sequence[Sequence[float]],
-    maximize: Sequence[bool] | bool,
-    unique: bool = False,
-) -> np.ndarray:
-    """Indices (ascending, int64) of the non-dominated rows of `points` (n rows x m objectives).
-
-    maximize[k] says whether objective k is maximised (a single bool applies to every objective).
-    A row is on the front when no other row is at least as good on every objective and strictly
-    better on one. Ties are therefore kept: rows equal on one objective and each better on another
-    are all on the front, and identical copies of a front row are all on it (none dominates
-    another), unless unique=True, which keeps only the first (lowest index) of identical rows.
-    Rows holding a NaN are never on the front and dominate nothing. The result depends only on
-    the values, not on the order of the rows (up to which copy unique=True keeps).
-
-    O(n^2 m) time with O(n m) memory per step: fine for the few thousand trials of a study.
-    """
-    p = _as_points(points)
-    if p.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64)
-    q = p * _signs(maximize, p.shape[1])
-    valid = np.flatnonzero(~np.isnan(q).any(axis=1))
-    return valid[_front_min(q[valid], unique)].astype(np.int64)
 
 
 # ----- hypervolume -------------------------------------------------------------------------------

@@ -1,30 +1,33 @@
-"""Statistics over seeds, the tables of a study as DataFrames, and their schema-version check.
+"""Statistics over seeds, and the tables of a study as DataFrames with the columns analysis reads.
 
-Confidence intervals are two-sided Student t intervals. The t quantile is computed here, without
-scipy: the t CDF through the regularised incomplete beta function (the continued fraction of
-Numerical Recipes, 3rd ed., section 6.4), inverted by bisection to a relative 1e-12. It is exact
-for any real degrees of freedom (Welch's are fractional); tests compare it with scipy.stats.t.
+Confidence intervals are two-sided Student t intervals from scipy.stats: the t quantile is
+scipy.stats.t.ppf (exact for real degrees of freedom; Welch's are fractional) and the interval of
+a difference of means is scipy.stats.ttest_ind(a, b, equal_var=False).confidence_interval (Welch,
+with Welch-Satterthwaite degrees of freedom). scipy.stats is imported inside the functions that
+use it, not with this module: the `study` CLI imports analysis on every run and scipy.stats takes
+about half a second to import.
+
+The tables are read by analysis/tables.py's load_table, which checks each part's schema version.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from analysis.tables import TABLES, _filesystem, load_table
-
-# The schema version of study/sinks/parquet.py this analysis was written against; the contract
-# test tests/unit/analysis/test_analysis_contract.py keeps the two equal.
-KNOWN_SCHEMA_VERSION = 3
-VERSION_KEY = b"atsweep.schema_version"
+# The schema-version names are re-exported here, where they were defined before load_table took
+# over the check, so `from analysis.stats import SchemaVersionError` keeps working.
+from analysis.tables import KNOWN_SCHEMA_VERSION as KNOWN_SCHEMA_VERSION
+from analysis.tables import TABLES, load_table
+from analysis.tables import VERSION_KEY as VERSION_KEY
+from analysis.tables import SchemaVersionError as SchemaVersionError
+from analysis.tables import check_schema_versions as check_schema_versions
 
 # The grid columns that place a row: a block is (source, arch, norm, attack), a curve runs over eps.
 BLOCK = ["source", "arch", "norm", "attack"]
@@ -53,81 +56,23 @@ COLUMNS_READ: dict[str, list[str]] = {
 }
 
 
-class SchemaVersionError(ValueError):
-    """A part written by a newer schema than this analysis knows."""
-
-
-# ----- t quantile (no scipy) ---------------------------------------------------------------------
-def _beta_continued_fraction(a: float, b: float, x: float) -> float:
-    """The continued fraction of the incomplete beta function (modified Lentz's method)."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 1000):
-        m2 = 2 * m
-        for aa in (
-            m * (b - m) * x / ((a - 1.0 + m2) * (a + m2)),
-            -(a + m) * (a + b + m) * x / ((a + m2) * (a + 1.0 + m2)),
-        ):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _regularized_beta(a: float, b: float, x: float) -> float:
-    """I_x(a, b), the regularised incomplete beta function."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    front = math.exp(log_front)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _beta_continued_fraction(a, b, x) / a
-    return 1.0 - front * _beta_continued_fraction(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with df (real, > 0) degrees of freedom."""
-    if df <= 0 or math.isnan(df):
-        raise ValueError(f"degrees of freedom must be > 0, got {df}")
-    if math.isinf(df):
-        return NormalDist().cdf(t)
-    tail = 0.5 * _regularized_beta(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
-
-
+# ----- t quantile --------------------------------------------------------------------------------
 @lru_cache(maxsize=1024)
 def t_quantile(p: float, df: float) -> float:
-    """The p quantile of Student's t with df degrees of freedom (t_{0.975, 2} = 4.3027)."""
+    """The p quantile of Student's t with df (real, > 0; inf for the normal) degrees of freedom
+    (t_{0.975, 2} = 4.3027), by scipy.stats.t.ppf."""
     if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p}")
+        raise ValueError(
+            f"p must be in (0, 1), got {p}: pass a probability, e.g. 0.975 for the upper end "
+            "of a two-sided 95% interval"
+        )
     if df <= 0 or math.isnan(df):
-        raise ValueError(f"degrees of freedom must be > 0, got {df}")
-    if math.isinf(df) or df > 1e7:
-        return NormalDist().inv_cdf(p)
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 2.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+        raise ValueError(
+            f"degrees of freedom must be > 0, got {df}: a t interval needs at least 2 values"
+        )
+    from scipy import stats
+
+    return float(stats.t.ppf(p, df))
 
 
 # ----- means, confidence intervals and differences over seeds ------------------------------------
@@ -153,9 +98,11 @@ def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95) -> dict[s
 def welch_diff_ci(
     a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, level: float = 0.95
 ) -> dict[str, float]:
-    """mean(a) - mean(b) with its Welch t CI (Welch-Satterthwaite degrees of freedom).
+    """mean(a) - mean(b) of the non-NaN values with its Welch t CI and degrees of freedom.
 
-    NaN CI when either side has fewer than 2 values; a zero-width CI when both have zero spread.
+    The CI is scipy.stats.ttest_ind(a, b, equal_var=False).confidence_interval(level); its df is
+    the Welch-Satterthwaite one. NaN CI and df when either side has fewer than 2 values; a
+    zero-width CI with df inf when both have zero spread.
     """
     x = np.asarray(a, dtype=float)
     y = np.asarray(b, dtype=float)
@@ -166,12 +113,24 @@ def welch_diff_ci(
     if len(x) < 2 or len(y) < 2:
         return out
     va, vb = float(x.var(ddof=1)) / len(x), float(y.var(ddof=1)) / len(y)
-    se = math.sqrt(va + vb)
-    if se == 0.0:
+    if va + vb == 0.0:
+        # No spread on either side: the difference is known exactly (scipy would give a
+        # zero-width interval too, but with a meaningless df).
         return {"diff": diff, "ci_low": diff, "ci_high": diff, "df": math.inf}
-    df = (va + vb) ** 2 / (va**2 / (len(x) - 1) + vb**2 / (len(y) - 1))
-    half = t_quantile(0.5 + level / 2.0, df) * se
-    return {"diff": diff, "ci_low": diff - half, "ci_high": diff + half, "df": float(df)}
+    from scipy import stats
+
+    with warnings.catch_warnings():
+        # Seeds that agree to the last digits (one accuracy on a small test set) make scipy warn
+        # of precision loss in the variance; the interval is the one the variance gives.
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        result = stats.ttest_ind(x, y, equal_var=False)
+    ci = result.confidence_interval(confidence_level=level)
+    return {
+        "diff": diff,
+        "ci_low": float(ci.low),
+        "ci_high": float(ci.high),
+        "df": float(result.df),
+    }
 
 
 def aggregate_seeds(
@@ -207,44 +166,13 @@ def ensure_columns(df: pd.DataFrame, name: str) -> pd.DataFrame:
     return out
 
 
-def check_schema_versions(results_dir: str | Path, name: str) -> int:
-    """The newest schema version among the parts of a table (0 when none); raises
-    SchemaVersionError naming the file when a part is newer than KNOWN_SCHEMA_VERSION.
-
-    Parts without the version key predate it and count as version 1.
-    """
-    fs, root = _filesystem(str(results_dir))
-    selector = pafs.FileSelector(f"{root}/tables/{name}", allow_not_found=True)
-    newest = 0
-    for info in fs.get_file_info(selector):
-        if not (info.base_name.startswith("part-") and info.base_name.endswith(".parquet")):
-            continue
-        metadata = pq.read_schema(info.path, filesystem=fs).metadata or {}
-        raw = metadata.get(VERSION_KEY, b"1")
-        try:
-            version = int(raw.decode())
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise SchemaVersionError(
-                f"{info.path}: schema version {raw!r} is not an integer: the file was not written "
-                "by atsweep's parquet sink; move it out of the table folder"
-            ) from exc
-        if version > KNOWN_SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"{info.path}: written with table schema version {version}, but this analysis "
-                f"knows versions up to {KNOWN_SCHEMA_VERSION}: update atsweep (analysis/) to "
-                "read this study"
-            )
-        newest = max(newest, version)
-    return newest
-
-
 def load_tables(results_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """Every table of a study, schema versions checked, each with the columns analysis reads."""
-    tables = {}
-    for name in TABLES:
-        check_schema_versions(results_dir, name)
-        tables[name] = ensure_columns(load_table(results_dir, name), name)
-    return tables
+    """Every table of a study, each with the columns analysis reads.
+
+    Read by load_table, so a part from a newer schema version raises SchemaVersionError naming
+    the file.
+    """
+    return {name: ensure_columns(load_table(results_dir, name), name) for name in TABLES}
 
 
 def join_trials(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from analysis.claims import (
     format_claims,
     permutation_p,
     spearman,
+    spearman_rows,
 )
 from analysis.stats import load_tables
 from tests.analysis_study import EPS, build_study, noisy
@@ -233,6 +235,30 @@ def test_spearman_and_exact_permutation_p() -> None:
     p_pos, _ = permutation_p(np.arange(10), np.arange(10))
     assert p_pos == pytest.approx(1 / 20001)
     assert np.isnan(permutation_p(np.ones(4), np.arange(4))[0])
+
+
+def test_spearman_rows_match_spearman_row_by_row() -> None:
+    rng = np.random.default_rng(5)
+    # Few distinct values: ties within rows, and some constant rows (NaN).
+    a = rng.integers(0, 3, size=(200, 5)).astype(float)
+    b = rng.integers(0, 4, size=(200, 5)).astype(float)
+    a[0] = 1.0
+    rows = spearman_rows(a, b)
+    expected = np.array([spearman(x, y) for x, y in zip(a, b, strict=True)])
+    assert np.isnan(rows[0])
+    np.testing.assert_allclose(rows, expected, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+def test_exact_permutation_p_with_ties_counts_every_pairing() -> None:
+    # Brute force: Spearman of x against every reordering of y, ties kept in both.
+    x = np.array([1.0, 2.0, 2.0, 3.0, 5.0, 4.0])
+    y = np.array([0.1, 0.3, 0.2, 0.2, 0.6, 0.5])
+    observed = spearman(x, y)
+    rhos = np.array([spearman(x, y[list(p)]) for p in itertools.permutations(range(len(y)))])
+    p_pos, p_neg = permutation_p(x, y)
+    assert p_pos == pytest.approx(np.mean(rhos >= observed - 1e-12))
+    assert p_neg == pytest.approx(np.mean(rhos <= observed + 1e-12))
+    assert 0 < p_pos < 0.1 < p_neg
 
 
 def test_check_trend_rules() -> None:

@@ -17,6 +17,7 @@ from analysis import (
     plot_search_vs_grid,
     search_summary,
 )
+from analysis.figures import find_pareto_front
 from analysis.stats import load_tables
 from tests.analysis_study import EPS, SEEDS, build_study, noisy, trial_key
 
@@ -97,6 +98,28 @@ def test_pareto_front_ties_duplicates_and_nan() -> None:
         pareto_front(points, (True, True, True))
     with pytest.raises(ValueError, match="2-D"):
         pareto_front([1.0, 2.0], (True,))
+
+
+def test_the_figure_and_the_search_take_the_same_front_of_ties_and_duplicates() -> None:
+    # The trade-off figure's front (figures.find_pareto_front, x and y maximised) and the search's
+    # (search.pareto_front) follow one rule: both copies of (1, 3) and of (2, 2) are on it;
+    # (1, 2) ties (1, 3) on x and loses on y, (0.5, 3) ties it on y and loses on x, and the second
+    # (1, 2) is a duplicate of a dominated point.
+    x = [1.0, 3.0, 1.0, 1.0, 2.0, 2.0, 0.5, 1.0]
+    y = [3.0, 1.0, 3.0, 2.0, 2.0, 2.0, 3.0, 2.0]
+    points = np.column_stack([x, y])
+    expected = [0, 1, 2, 4, 5]
+    assert brute_front(points, (True, True)) == expected
+    assert pareto_front(points, (True, True)).tolist() == expected
+    assert sorted(find_pareto_front(x, y)) == expected
+    # The figure draws its front left to right.
+    assert find_pareto_front(x, y) == [0, 2, 4, 5, 1]
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        grid = rng.integers(0, 4, size=(30, 2)).astype(float)  # many ties and duplicates
+        front = find_pareto_front(grid[:, 0].tolist(), grid[:, 1].tolist())
+        assert sorted(front) == pareto_front(grid, (True, True)).tolist()
+        assert sorted(front) == brute_front(grid, (True, True))
 
 
 # ----- hypervolume -------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,9 +90,53 @@ def test_welch_difference_ci_by_hand() -> None:
 def test_welch_difference_degenerate_cases() -> None:
     flat = welch_diff_ci([1.0, 1.0], [0.5, 0.5])
     assert (flat["diff"], flat["ci_low"], flat["ci_high"]) == (0.5, 0.5, 0.5)
+    assert flat["df"] == math.inf
     one = welch_diff_ci([1.0], [0.5, 0.7])
     assert one["diff"] == pytest.approx(0.4)
     assert math.isnan(one["ci_low"]) and math.isnan(one["ci_high"])
+    assert math.isnan(one["df"])
+    # NaNs are dropped before anything is computed.
+    nan = float("nan")
+    assert welch_diff_ci([1.0, nan, 2.0, 3.0], [4.0, 6.0, nan, 8.0]) == pytest.approx(
+        welch_diff_ci([1.0, 2.0, 3.0], [4.0, 6.0, 8.0])
+    )
+    assert math.isnan(welch_diff_ci([nan, nan], [1.0, 2.0])["diff"])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_welch_difference_follows_welch_satterthwaite(seed: int) -> None:
+    # The interval written out by hand: diff +- t_{(1+level)/2, df} * se with Welch's df.
+    rng = np.random.default_rng(seed)
+    a = rng.normal(0.8, 0.02, size=int(rng.integers(2, 8)))
+    b = rng.normal(0.7, 0.05, size=int(rng.integers(2, 8)))
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    for level in (0.95, 1 - 0.05 / 3):
+        out = welch_diff_ci(a, b, level)
+        half = t_quantile(0.5 + level / 2, df) * math.sqrt(va + vb)
+        assert out["df"] == pytest.approx(df, rel=1e-12)
+        assert out["diff"] == pytest.approx(a.mean() - b.mean(), rel=1e-12)
+        assert out["ci_low"] == pytest.approx(out["diff"] - half, rel=1e-9)
+        assert out["ci_high"] == pytest.approx(out["diff"] + half, rel=1e-9)
+
+
+def test_mean_ci_of_identical_values_has_zero_width() -> None:
+    out = mean_ci([0.5, 0.5, 0.5])
+    assert (out["mean"], out["std"], out["ci_low"], out["ci_high"]) == (0.5, 0.0, 0.5, 0.5)
+
+
+def test_importing_analysis_leaves_scipy_stats_unimported() -> None:
+    # scipy.stats takes about half a second to import; the `study` CLI imports analysis on
+    # every run, so the statistics import it only when they compute.
+    code = (
+        "import sys, analysis; "
+        "print(sorted(m for m in sys.modules if m == 'scipy' or m.startswith('scipy.')))"
+    )
+    root = Path(__file__).resolve().parents[3]
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
+    assert result.stdout.strip() == "[]"
 
 
 def test_aggregate_seeds_per_group() -> None:

@@ -1,0 +1,88 @@
+"""The trade-off table reads the tables through load_table's schema-version check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.tables import (
+    KNOWN_SCHEMA_VERSION,
+    SchemaVersionError,
+    format_tradeoff,
+    load_table,
+    tradeoff_table,
+)
+from tests.analysis_study import build_study, noisy
+
+pytestmark = pytest.mark.unit
+
+CLEAN = {0.0: 0.9, 1.0: 0.8}
+PROBE = {0.0: 0.5, 1.0: 0.6}
+
+
+def study(results: Path) -> Path:
+    return build_study(
+        results,
+        eps=(0.0, 1.0),
+        seeds=(0, 1, 2),
+        clean=noisy(CLEAN, 0.01),
+        transfer={"cifar100": noisy(PROBE, 0.01)},
+        raw_pixels={"cifar100": 0.3},
+    )
+
+
+def trained_means(table: pd.DataFrame, column: str) -> dict[float, float]:
+    rows = table[table["row_kind"] == "trained"]
+    return dict(zip(rows["eps"], rows[column], strict=True))
+
+
+@pytest.mark.parametrize("name", ["trials", "transfer", "robustness", "inversion"])
+def test_a_part_from_a_newer_schema_makes_the_tradeoff_table_an_error(
+    tmp_path: Path, name: str
+) -> None:
+    study(tmp_path)
+    path = tmp_path / "tables" / name / "part-1.parquet"
+    table = pa.table({"eval_key": ["x"]}).replace_schema_metadata(
+        {"atsweep.schema_version": str(KNOWN_SCHEMA_VERSION + 1)}
+    )
+    pq.write_table(table, path)
+    with pytest.raises(SchemaVersionError) as info:
+        tradeoff_table(tmp_path)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"version {KNOWN_SCHEMA_VERSION + 1}" in message
+    assert f"up to {KNOWN_SCHEMA_VERSION}" in message
+    with pytest.raises(SchemaVersionError, match=r"part-1\.parquet"):
+        load_table(tmp_path, name)
+
+
+def test_a_part_with_a_version_that_is_not_a_number_is_an_error(tmp_path: Path) -> None:
+    study(tmp_path)
+    path = tmp_path / "tables" / "trials" / "part-0.parquet"
+    table = pq.read_table(path).replace_schema_metadata({"atsweep.schema_version": "three"})
+    pq.write_table(table, path)
+    with pytest.raises(SchemaVersionError, match="is not an integer") as info:
+        tradeoff_table(tmp_path)
+    assert str(path) in str(info.value)
+
+
+def test_parts_from_older_schemas_still_read(tmp_path: Path) -> None:
+    study(tmp_path)
+    current = tradeoff_table(tmp_path)
+    assert trained_means(current, "clean_mean") == pytest.approx(CLEAN)
+    # Schema v1 had no attack column and no proposed_by; the trade-off table reads such parts,
+    # the attack as empty.
+    for name in ("trials", "transfer"):
+        path = tmp_path / "tables" / name / "part-0.parquet"
+        table = pq.read_table(path).drop_columns(["attack"])
+        pq.write_table(table.replace_schema_metadata({"atsweep.schema_version": "1"}), path)
+    old = tradeoff_table(tmp_path)
+    assert trained_means(old, "clean_mean") == pytest.approx(CLEAN)
+    assert trained_means(old, "transfer[cifar100]_mean") == pytest.approx(PROBE)
+    assert list(old["row_kind"]) == ["trained", "trained", "raw pixels"]
+    assert all(pd.isna(a) or a == "" for a in old["attack"])
+    assert "cifar100" in format_tradeoff(old)
