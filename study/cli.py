@@ -17,7 +17,7 @@ from pathlib import Path
 
 from study.spec import SpecError, SweepSpec, load_spec
 from trainables import storage
-from trainables.data import DataMissingError
+from trainables.catalog import DataMissingError
 
 
 def _print_search(spec: SweepSpec) -> None:

@@ -14,7 +14,10 @@ from trainables import storage
 from trainables.config import (
     DataConfig,
     DatasetRef,
+    FinetuneConfig,
     FisherConfig,
+    InversionConfig,
+    InversionRequest,
     ProbeConfig,
     RobustnessConfig,
     TrainConfig,
@@ -22,8 +25,6 @@ from trainables.config import (
 )
 from trainables.data import LoadRequest
 from trainables.evals import EvalTask
-from trainables.evals.finetune import FinetuneConfig
-from trainables.evals.inversion import InversionConfig
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def plan_trial_evaluations(
             {"kind": "probe", "target": target.id},
             kind="transfer",
             target=target,
-            probe=probe,
+            settings=probe,
         )
         if finetune.enabled:
             ft = finetune.to_config(cfg.seed)
@@ -84,11 +85,11 @@ def plan_trial_evaluations(
                 {"kind": "finetune", "target": target.id},
                 kind="finetune",
                 target=target,
-                finetune=ft,
+                settings=ft,
             )
     if ev.fisher.enabled:
         fisher = ev.fisher.to_config()
-        add("fisher", fisher_key(cfg.key, fisher), "fisher", {}, kind="fisher", fisher=fisher)
+        add("fisher", fisher_key(cfg.key, fisher), "fisher", {}, kind="fisher", settings=fisher)
     if ev.robustness.enabled:
         for rob in ev.robustness.configs(cfg.source.name, cfg.norm):
             add(
@@ -97,7 +98,7 @@ def plan_trial_evaluations(
                 f"robustness {rob.id} eps={rob.eps:.4g}",
                 {},
                 kind="robustness",
-                robustness=rob,
+                settings=rob,
             )
     if ev.inversion.enabled:
         n = ev.inversion.num_images
@@ -110,8 +111,7 @@ def plan_trial_evaluations(
                 f"inversion {variant}",
                 {"variant": variant},
                 kind="inversion",
-                inversion=inv,
-                num_images=n,
+                settings=InversionRequest(inv, n),
                 artifact_path=path,
             )
     return out
@@ -130,7 +130,7 @@ def plan_baselines(spec: SweepSpec, load: LoadRequest) -> list[PlannedEval]:
         key = raw_pixel_key(target, data, probe)
         if key not in seen:
             seen.add(key)
-            task = EvalTask("raw_pixels", key, data, target=target, probe=probe, load=load)
+            task = EvalTask("raw_pixels", key, data, probe, target=target, load=load)
             row = {"eval_key": key, "trial_key": None, "kind": "raw_pixels", "target": target.id}
             out.append(PlannedEval(task, "transfer", row, f"baseline raw pixels {target.id}"))
         for cfg in spec.baseline_configs():
@@ -139,7 +139,7 @@ def plan_baselines(spec: SweepSpec, load: LoadRequest) -> list[PlannedEval]:
                 continue
             seen.add(key)
             task = EvalTask(
-                "random_init", key, cfg.data, train=cfg, target=target, probe=probe, load=load
+                "random_init", key, cfg.data, probe, train=cfg, target=target, load=load
             )
             row = {
                 "eval_key": key,

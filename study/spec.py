@@ -19,24 +19,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from trainables import storage
+from trainables.catalog import get_dataset_info, list_datasets, list_models
 from trainables.config import (
+    FISHER_METHODS,
+    WEIGHT_FISHER_TYPES,
     ArchRef,
     AttackConfig,
     DataConfig,
     DatasetRef,
+    FinetuneConfig,
     FisherConfig,
+    InversionConfig,
     OptimConfig,
     ProbeConfig,
     RobustnessConfig,
     RunOptions,
     TrainConfig,
+    standard_eps,
 )
-from trainables.data import get_dataset_info, list_datasets
-from trainables.evals.finetune import FinetuneConfig
-from trainables.evals.fisher import FISHER_METHODS, WEIGHT_FISHER_TYPES
-from trainables.evals.inversion import InversionConfig
-from trainables.evals.robustness import standard_eps
-from trainables.models import list_models
 
 
 class SpecError(ValueError):

@@ -8,11 +8,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from trainables.config import (
+    ArchRef,
+    AttackConfig,
+    DataConfig,
+    DatasetRef,
+    OptimConfig,
+    TrainConfig,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -42,6 +51,43 @@ class ListReporter:
 @pytest.fixture
 def reporter(tmp_path: Path) -> ListReporter:
     return ListReporter(tmp_path / "kept")
+
+
+def make_digits_config(
+    classes: tuple[int, ...] = (0, 1, 2),
+    *,
+    norm: str = "l2",
+    eps: float = 0.0,
+    seed: int = 0,
+    epochs: int = 3,
+    batch_size: int = 32,
+    optimizer: str = "adam",
+    lr: float = 5e-3,
+    attack: AttackConfig | None = None,
+    eval_attack: AttackConfig | None = None,
+    data: DataConfig | None = None,
+) -> TrainConfig:
+    """The small trial the unit tests train: small_cnn at width 0.5 on a class subset of digits.
+
+    attack, eval_attack and data left out keep TrainConfig's defaults. A plain function too, for
+    module-level constants and module-scoped fixtures (the digits_config fixture returns it).
+    """
+    extra = {"attack": attack, "eval_attack": eval_attack, "data": data}
+    return TrainConfig(
+        source=DatasetRef("digits", classes),
+        arch=ArchRef("small_cnn", 0.5),
+        norm=norm,
+        eps=eps,
+        seed=seed,
+        optim=OptimConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr),
+        **{k: v for k, v in extra.items() if v is not None},
+    )
+
+
+@pytest.fixture(scope="session")
+def digits_config() -> Callable[..., TrainConfig]:
+    """A factory of small digits TrainConfigs: digits_config(classes, eps=..., epochs=...)."""
+    return make_digits_config
 
 
 def free_port() -> int:

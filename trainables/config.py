@@ -3,6 +3,8 @@
 The study layer builds these from a sweep spec; everything in `trainables` takes them as
 arguments. Their canonical JSON is what a trial_key or eval_key hashes, so every field here is
 something that changes a result, and nothing else (no paths, no resources, no study name).
+The choices a spec is checked against (FISHER_METHODS, WEIGHT_FISHER_TYPES, STANDARD_EPS) are
+here too: this module imports no torch, so validating a spec does not pay for importing it.
 """
 
 from __future__ import annotations
@@ -161,6 +163,24 @@ class ProbeConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Optimisation of full fine-tuning (Salman et al. 2020): every weight trained on a target."""
+
+    epochs: int = 10
+    lr: float = 0.01
+    batch_size: int = 64
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+
+# How the input Fisher trace is computed (full Jacobian, or Hutchinson's estimator), and which
+# labels the weight Fisher's gradients use (sampled from the model, or the dataset's).
+FISHER_METHODS = ("exact", "hutchinson")
+WEIGHT_FISHER_TYPES = ("true", "empirical")
+
+
+@dataclass(frozen=True)
 class FisherConfig:
     """Fisher information settings (PAPER.md section 4)."""
 
@@ -187,6 +207,54 @@ class RobustnessConfig:
     @property
     def id(self) -> str:
         return "autoattack" if self.method == "autoattack" else self.attack.id
+
+
+# (dataset, norm) -> eps in pixel units: RobustBench's CIFAR and ImageNet settings, and the
+# classic MNIST radii (Madry et al.). Datasets not listed use their resolution's entry.
+STANDARD_EPS: dict[tuple[str, str], float] = {
+    ("cifar10", "linf"): 8 / 255,
+    ("cifar10", "l2"): 0.5,
+    ("cifar100", "linf"): 8 / 255,
+    ("cifar100", "l2"): 0.5,
+    ("imagenet", "linf"): 4 / 255,
+    ("imagenet", "l2"): 3.0,
+    ("mnist", "linf"): 0.3,
+    ("mnist", "l2"): 2.0,
+    ("fashion_mnist", "linf"): 0.1,
+    ("fashion_mnist", "l2"): 1.5,
+}
+
+
+def standard_eps(dataset: str, norm: str, size: int) -> float:
+    """The usual reporting radius for a dataset and norm (by resolution when not listed)."""
+    if (dataset, norm) in STANDARD_EPS:
+        return STANDARD_EPS[(dataset, norm)]
+    if size >= 128:
+        return STANDARD_EPS[("imagenet", norm)]
+    return STANDARD_EPS[("cifar10", norm)]
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """Steps, step size and regulariser weights of an inversion (PAPER.md section 5)."""
+
+    steps: int = 200
+    step_size: float = 0.1
+    tv_weight: float = 0.0
+    fisher_weight: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InversionRequest:
+    """One inversion evaluation: its config and how many source test images it reconstructs.
+
+    num_images stays out of InversionConfig: the inversion's eval_key hashes (trial_key,
+    InversionConfig, num_images) as separate parts, and folding it in would change every key.
+    """
+
+    config: InversionConfig
+    num_images: int = 8
 
 
 def to_canonical(obj: Any) -> Any:

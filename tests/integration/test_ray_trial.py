@@ -60,7 +60,7 @@ def test_tune_trial_reports_each_epoch_and_checkpoints(ray_local: None, tmp_path
         train=cfg,
         checkpoint=str(ckpt),
         target=DatasetRef("digits", (5, 6)),
-        probe=ProbeConfig(c_grid=(1.0,)),
+        settings=ProbeConfig(c_grid=(1.0,)),
     )
     out = ray.get(evaluate_remote.options(num_cpus=1).remote(task))
     assert 0.5 <= out["test_acc"] <= 1 and out["wall_time_s"] > 0
@@ -69,6 +69,6 @@ def test_tune_trial_reports_each_epoch_and_checkpoints(ray_local: None, tmp_path
         "r",
         DataConfig(),
         target=DatasetRef("digits", (5, 6)),
-        probe=ProbeConfig(c_grid=(1.0,)),
+        settings=ProbeConfig(c_grid=(1.0,)),
     )
     assert ray.get(evaluate_remote.remote(raw))["test_acc"] > 0.9

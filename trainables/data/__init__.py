@@ -2,6 +2,8 @@
 
 A dataset is registered by name with a loader that returns its train and test ImageSets (or one
 set when the dataset has no official split, which is then split here, seeded and stratified).
+Its name and DatasetInfo live in the torch-free trainables.catalog (what a spec is validated
+against); this registry attaches the loaders to them.
 Small datasets are held in memory as tensors; large ones (ImageNet, the transfer targets stored
 as image files) are read through torchvision on demand. Pixel values stay in [0, 1] so that eps
 is in pixel units; normalisation happens inside the model (PAPER.md section 2).
@@ -18,24 +20,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from trainables.catalog import DatasetInfo, get_dataset_info, register_dataset_info
 from trainables.config import DataConfig, DatasetRef
-
-
-class DataMissingError(FileNotFoundError):
-    """A dataset's files are not where they were looked for (and download is off)."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model needs to know about a dataset before seeing it."""
-
-    name: str
-    num_classes: int
-    channels: int
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    description: str
 
 
 @dataclass(frozen=True)
@@ -133,22 +119,28 @@ _REGISTRY: dict[str, tuple[DatasetInfo, Loader]] = {}
 
 
 def register_dataset(info: DatasetInfo, loader: Loader) -> None:
-    """Add a dataset to the registry under info.name."""
+    """Add a dataset under info.name: its info to the catalog (what specs are validated against)
+    and its loader here."""
+    register_dataset_info(info)
     _REGISTRY[info.name] = (info, loader)
 
 
-def list_datasets() -> list[str]:
-    """The registered dataset names, sorted."""
+def dataset_loaders() -> dict[str, tuple[DatasetInfo, Loader]]:
+    """Every dataset that has a loader, with the info it was registered with (built-ins too)."""
     _load_builtin_registrations()
-    return sorted(_REGISTRY)
+    return dict(_REGISTRY)
 
 
-def get_dataset_info(name: str) -> DatasetInfo:
-    """The registry entry of a dataset; an unknown name lists the choices."""
+def get_loader(name: str) -> tuple[DatasetInfo, Loader]:
+    """The info and loader of a dataset; an unknown name lists the choices."""
     _load_builtin_registrations()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown dataset {name!r}: choose one of {', '.join(list_datasets())}")
-    return _REGISTRY[name][0]
+        get_dataset_info(name)  # an unknown name lists the choices
+        raise KeyError(
+            f"dataset {name!r} is in trainables.catalog but has no loader: register it with "
+            "trainables.data.register_dataset(info, loader) in the process that loads it"
+        )
+    return _REGISTRY[name]
 
 
 def _load_builtin_registrations() -> None:
@@ -213,8 +205,7 @@ def build_dataset(
     The official test split is used when the dataset has one; otherwise a seeded, stratified
     split with data.test_fraction. data.max_per_class caps the train items of each class.
     """
-    info = get_dataset_info(ref.name)
-    loader = _REGISTRY[ref.name][1]
+    info, loader = get_loader(ref.name)
     train, test = loader(LoadRequest(root=root, download=download))
     if test is None:
         idx, labels, k = select_classes(train.targets, ref.classes, info.num_classes, ref.name)

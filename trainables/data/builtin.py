@@ -1,4 +1,7 @@
-"""The built-in dataset registrations: scikit-learn's digits and torchvision's datasets."""
+"""The built-in dataset loaders: scikit-learn's digits and torchvision's datasets.
+
+Each is attached to its entry in trainables.catalog.BUILTIN_DATASETS (the one copy of its info).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables.data import DatasetInfo, ImageSet, LoadRequest, TensorImageSet, register_dataset
+from trainables.catalog import BUILTIN_DATASETS
+from trainables.data import ImageSet, LoadRequest, TensorImageSet, register_dataset
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -37,17 +41,6 @@ def load_digits(request: LoadRequest) -> tuple[ImageSet, None]:
     return TensorImageSet(x, labels.astype(np.int64)), None
 
 
-register_dataset(
-    DatasetInfo(
-        name="digits",
-        num_classes=10,
-        channels=1,
-        size=8,
-        mean=(0.305,),
-        std=(0.389,),
-        description="scikit-learn's bundled 8x8 handwritten digits (offline)",
-    ),
-    load_digits,
-)
+register_dataset(BUILTIN_DATASETS["digits"], load_digits)
 
 from trainables.data import vision  # noqa: E402, F401  (torchvision-backed registrations)

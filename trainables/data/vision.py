@@ -22,6 +22,7 @@ The small datasets (CIFAR, SVHN, MNIST, Fashion-MNIST, STL-10) are held in memor
 tensors; the others are TorchvisionImageSets that decode, resize and crop images on demand.
 torchvision's integrity checks (md5 sums) stay on. With download off, missing files raise
 DataMissingError before torchvision is asked (check_available runs the same cheap checks).
+Each loader here is attached to its dataset's entry in trainables.catalog.BUILTIN_DATASETS.
 """
 
 from __future__ import annotations
@@ -38,15 +39,13 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from trainables.data import (
+from trainables.catalog import (
+    BUILTIN_DATASETS,
     DataMissingError,
     DatasetInfo,
-    ImageSet,
-    LoadRequest,
-    TensorImageSet,
     get_dataset_info,
-    register_dataset,
 )
+from trainables.data import ImageSet, LoadRequest, TensorImageSet, register_dataset
 from trainables.lazy import LazyModule
 
 # torchvision is imported when a dataset of it is first loaded, not when this module is.
@@ -65,9 +64,6 @@ __all__ = [
 
 # Debian's dataset-fashion-mnist package: the four IDX files, gzipped (tests patch this).
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -327,7 +323,7 @@ def _split_loader(
             if in_memory:
                 sets.append(TensorImageSet(_nchw(ds.data, "nchw"), _labels(ds.labels)))
             else:
-                info = get_dataset_info(name)
+                info = BUILTIN_DATASETS[name]
                 sets.append(TorchvisionImageSet(ds, info.size, info.channels))
         return sets[0], sets[1]
 
@@ -349,41 +345,17 @@ _STL10 = _Files(
 _MNIST = _Files("MNIST", lambda r: r / "MNIST" / "raw", _MNIST_FILES)
 
 _register(
-    DatasetInfo(
-        "cifar10",
-        10,
-        3,
-        32,
-        (0.4914, 0.4822, 0.4465),
-        (0.2470, 0.2435, 0.2616),
-        "CIFAR-10: 50000/10000 32x32 colour images of 10 classes (Krizhevsky, 2009)",
-    ),
+    BUILTIN_DATASETS["cifar10"],
     _cifar("cifar10", "CIFAR10", _CIFAR10),
     lambda request: _CIFAR10.check("cifar10", request),
 )
 _register(
-    DatasetInfo(
-        "cifar100",
-        100,
-        3,
-        32,
-        (0.5071, 0.4865, 0.4409),
-        (0.2673, 0.2564, 0.2762),
-        "CIFAR-100: 50000/10000 32x32 colour images of 100 fine classes (Krizhevsky, 2009)",
-    ),
+    BUILTIN_DATASETS["cifar100"],
     _cifar("cifar100", "CIFAR100", _CIFAR100),
     lambda request: _CIFAR100.check("cifar100", request),
 )
 _register(
-    DatasetInfo(
-        "svhn",
-        10,
-        3,
-        32,
-        (0.4377, 0.4438, 0.4728),
-        (0.1980, 0.2010, 0.1970),
-        "SVHN: 73257/26032 32x32 cropped house-number digits (Netzer et al., 2011)",
-    ),
+    BUILTIN_DATASETS["svhn"],
     _split_loader(
         "svhn",
         _SVHN,
@@ -394,15 +366,7 @@ _register(
     lambda request: _SVHN.check("svhn", request),
 )
 _register(
-    DatasetInfo(
-        "stl10",
-        10,
-        3,
-        96,
-        (0.4467, 0.4398, 0.4066),
-        (0.2603, 0.2566, 0.2713),
-        "STL-10: 5000/8000 labelled 96x96 colour images of 10 classes (Coates et al., 2011)",
-    ),
+    BUILTIN_DATASETS["stl10"],
     _split_loader(
         "stl10",
         _STL10,
@@ -413,15 +377,7 @@ _register(
     lambda request: _STL10.check("stl10", request),
 )
 _register(
-    DatasetInfo(
-        "mnist",
-        10,
-        1,
-        28,
-        (0.1307,),
-        (0.3081,),
-        "MNIST: 60000/10000 28x28 handwritten digits (LeCun et al., 1998)",
-    ),
+    BUILTIN_DATASETS["mnist"],
     _mnist_like("mnist", "MNIST", lambda request: _MNIST.check("mnist", request)),
     lambda request: _MNIST.check("mnist", request),
 )
@@ -491,15 +447,7 @@ def _check_fashion_mnist(request: LoadRequest) -> None:
 
 
 _register(
-    DatasetInfo(
-        "fashion_mnist",
-        10,
-        1,
-        28,
-        (0.2860,),
-        (0.3530,),
-        "Fashion-MNIST: 60000/10000 28x28 greyscale Zalando product images (Xiao et al., 2017)",
-    ),
+    BUILTIN_DATASETS["fashion_mnist"],
     _mnist_like("fashion_mnist", "FashionMNIST", _fashion_mnist_root),
     _check_fashion_mnist,
 )
@@ -545,7 +493,7 @@ def _check_imagenet(request: LoadRequest) -> Path:
 
 def _load_imagenet(request: LoadRequest) -> tuple[ImageSet, ImageSet]:
     folder = _check_imagenet(request)
-    info = get_dataset_info("imagenet")
+    info = BUILTIN_DATASETS["imagenet"]
     sets = [
         TorchvisionImageSet(
             _construct("imagenet", folder, lambda s=split: tvd.ImageNet(str(folder), split=s)),
@@ -558,15 +506,7 @@ def _load_imagenet(request: LoadRequest) -> tuple[ImageSet, ImageSet]:
 
 
 _register(
-    DatasetInfo(
-        "imagenet",
-        1000,
-        3,
-        224,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        "ImageNet ILSVRC-2012: 1.28M train / 50000 val images of 1000 classes, 224x224 crops",
-    ),
+    BUILTIN_DATASETS["imagenet"],
     _load_imagenet,
     _check_imagenet,
 )
@@ -577,16 +517,13 @@ _register(
 
 def _register_files(
     name: str,
-    num_classes: int,
     files: _Files,
     make: Callable[[Path, str, bool], Any],
     splits: tuple[str, str] | None,
-    description: str,
-    *,
-    size: int = 224,
 ) -> None:
-    """A file-based dataset: (train, test) splits, or splits=None for one set split later."""
-    info = DatasetInfo(name, num_classes, 3, size, IMAGENET_MEAN, IMAGENET_STD, description)
+    """A file-based built-in dataset: (train, test) splits, or splits=None for one set split
+    later; its info (classes, 224x224 RGB) is the catalog's."""
+    info = BUILTIN_DATASETS[name]
     if splits is not None:
         loader = _split_loader(name, files, make, splits, in_memory=False)
     else:
@@ -605,7 +542,6 @@ def _concat(*datasets: Dataset) -> Dataset:
 
 _register_files(
     "flowers102",
-    102,
     _Files("Flowers-102", lambda r: r / "flowers-102", ("jpg", "imagelabels.mat", "setid.mat")),
     lambda root, split, dl: (
         _concat(
@@ -616,11 +552,9 @@ _register_files(
         else tvd.Flowers102(str(root), split=split, download=dl)
     ),
     ("trainval", "test"),
-    "Oxford Flowers-102: 2040 train+val / 6149 test images of 102 flower species",
 )
 _register_files(
     "dtd",
-    47,
     _Files(
         "DTD",
         lambda r: r / "dtd" / "dtd",
@@ -628,11 +562,9 @@ _register_files(
     ),
     lambda root, split, dl: tvd.DTD(str(root), split=split, partition=1, download=dl),
     ("train", "test"),
-    "Describable Textures (DTD), partition 1: 1880 train / 1880 test images of 47 textures",
 )
 _register_files(
     "oxford_pets",
-    37,
     _Files(
         "Oxford-IIIT Pet",
         lambda r: r / "oxford-iiit-pet",
@@ -642,11 +574,9 @@ _register_files(
         str(root), split=split, target_types="category", download=dl
     ),
     ("trainval", "test"),
-    "Oxford-IIIT Pet: 3680 trainval / 3669 test images of 37 cat and dog breeds",
 )
 _register_files(
     "fgvc_aircraft",
-    100,
     _Files(
         "FGVC-Aircraft",
         lambda r: r / "fgvc-aircraft-2013b",
@@ -661,28 +591,21 @@ _register_files(
         str(root), split=split, annotation_level="variant", download=dl
     ),
     ("trainval", "test"),
-    "FGVC-Aircraft 2013b, variants: 6667 trainval / 3333 test images of 100 aircraft variants",
 )
 _register_files(
     "food101",
-    101,
     _Files("Food-101", lambda r: r / "food-101", ("images", "meta/train.json", "meta/test.json")),
     lambda root, split, dl: tvd.Food101(str(root), split=split, download=dl),
     ("train", "test"),
-    "Food-101: 75750 train / 25250 test images of 101 dishes",
 )
 _register_files(
     "caltech101",
-    101,
     _Files("Caltech-101", lambda r: r / "caltech101", ("101_ObjectCategories",)),
     lambda root, split, dl: tvd.Caltech101(str(root), target_type="category", download=dl),
     None,
-    "Caltech-101: 8677 images of 101 object categories (no background class, no official "
-    "split: split here, seeded and stratified)",
 )
 _register_files(
     "stanford_cars",
-    196,
     _Files(
         "Stanford Cars",
         lambda r: r / "stanford_cars",
@@ -698,16 +621,12 @@ _register_files(
     # torchvision's StanfordCars always refuses download=True (its URL is gone): never pass it.
     lambda root, split, dl: tvd.StanfordCars(str(root), split=split, download=False),
     ("train", "test"),
-    "Stanford Cars: 8144 train / 8041 test images of 196 car models",
 )
 _register_files(
     "sun397",
-    397,
     _Files("SUN397", lambda r: r / "SUN397", ("ClassName.txt",)),
     lambda root, split, dl: tvd.SUN397(str(root), download=dl),
     None,
-    "SUN397: 108754 scene images of 397 categories (no official split: split here, seeded "
-    "and stratified)",
 )
 
 
@@ -806,30 +725,12 @@ def register_image_folder(
 
 
 _register_folder(
-    DatasetInfo(
-        "cinic10",
-        10,
-        3,
-        32,
-        (0.4789, 0.4723, 0.4305),
-        (0.2421, 0.2383, 0.2587),
-        "CINIC-10: CIFAR-10 classes from CIFAR and downsampled ImageNet, 32x32 (Darlow et al., "
-        "2018), in ROOT/cinic10/{train,test}/CLASS",
-    ),
+    BUILTIN_DATASETS["cinic10"],
     "cinic10",
     require_split=True,
 )
 _register_folder(
-    DatasetInfo(
-        "cub200",
-        200,
-        3,
-        224,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        "Caltech-UCSD Birds-200-2011: 5994 train / 5794 test images of 200 species, in "
-        "ROOT/cub200/{train,test}/CLASS",
-    ),
+    BUILTIN_DATASETS["cub200"],
     "cub200",
     require_split=True,
 )

@@ -4,41 +4,44 @@ These are what a study fans out as each training trial finishes (PAPER.md sectio
 linear transfer to a target (and full fine-tuning), the raw-pixel and random-init baselines,
 the Fisher information of the input and of the weights, robust accuracy, and inversion.
 Each returns a flat dict of results; the study layer adds keys and writes them.
+
+An EvalTask names its kind and carries that kind's frozen settings; run_evaluation looks the
+kind up in a registry of evaluators, so a new kind is one register_evaluator call, with no
+change to EvalTask or run_evaluation.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, KeysView
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from trainables.catalog import get_dataset_info
 from trainables.checkpoint import load_checkpoint
 from trainables.config import (
     DataConfig,
     DatasetRef,
+    FinetuneConfig,
     FisherConfig,
+    InversionConfig,
+    InversionRequest,
     ProbeConfig,
     RobustnessConfig,
     TrainConfig,
 )
-from trainables.data import (
-    DEFAULT_LOAD,
-    LoadRequest,
-    SubsetImageSet,
-    build_dataset,
-    get_dataset_info,
-)
-from trainables.evals.finetune import FinetuneConfig, run_finetune
+from trainables.data import DEFAULT_LOAD, LoadRequest, SubsetImageSet, build_dataset
+from trainables.evals.finetune import run_finetune
 from trainables.evals.fisher import (
     compute_input_fisher,
     compute_input_fisher_eigenvalue,
     compute_weight_fisher,
 )
-from trainables.evals.inversion import InversionConfig, run_inversion, save_inversion_grid
+from trainables.evals.inversion import run_inversion, save_inversion_grid
 from trainables.evals.robustness import compute_autoattack_accuracy, compute_robust_accuracy
 from trainables.evals.transfer import ProbeResult, run_raw_pixel_probe, run_transfer
 from trainables.models import Classifier, ModelInput, build_model
@@ -260,67 +263,165 @@ def evaluate_finetune(
     return run_finetune(model, splits, finetune, source_format(cfg))
 
 
-EVAL_KINDS = (
-    "transfer",
-    "random_init",
-    "raw_pixels",
-    "fisher",
-    "robustness",
-    "inversion",
-    "finetune",
-)
-
-
 @dataclass(frozen=True)
 class EvalTask:
-    """One evaluation to run: what kind, on which trained network (checkpoint), with what."""
+    """One evaluation to run: what kind, on which trained network (checkpoint), with what.
+
+    settings is the kind's frozen config: ProbeConfig (transfer, random_init, raw_pixels),
+    FinetuneConfig, FisherConfig, RobustnessConfig or InversionRequest, or a registered kind's.
+    """
 
     kind: str
     eval_key: str
     data: DataConfig
+    settings: object
     train: TrainConfig | None = None
     checkpoint: str | None = None
     target: DatasetRef | None = None
-    probe: ProbeConfig | None = None
-    fisher: FisherConfig | None = None
-    robustness: RobustnessConfig | None = None
-    inversion: InversionConfig | None = None
-    num_images: int = 8
-    finetune: FinetuneConfig | None = None
     artifact_path: str | None = None
     load: LoadRequest = field(default_factory=LoadRequest)
 
 
+Evaluator = Callable[[EvalTask, Device], dict[str, Any]]
+
+_EVALUATORS: dict[str, Evaluator] = {}
+
+# The registered kinds, a live view of the registry (a kind registered later is in it too).
+EVAL_KINDS: KeysView[str] = _EVALUATORS.keys()
+
+
+def register_evaluator(kind: str, fn: Evaluator) -> None:
+    """Make run_evaluation run fn(task, device) for tasks of this kind; fn returns the flat
+    result row (run_evaluation adds wall_time_s). A kind registered again is replaced.
+
+    Evaluations run in Ray worker processes: register in a module that the workers import too
+    (as the seven built-in kinds below are, with this package).
+    """
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"an evaluation kind must be a non-empty string, got {kind!r}: name it")
+    if not callable(fn):
+        raise TypeError(
+            f"the evaluator of kind {kind!r} must be a function (task, device) -> dict, got a "
+            f"{type(fn).__name__}: pass the function itself"
+        )
+    _EVALUATORS[kind] = fn
+
+
 def run_evaluation(task: EvalTask, device: Device = "cpu") -> dict[str, Any]:
     """Run one EvalTask on a device and return its result row (with wall_time_s)."""
+    evaluator = _EVALUATORS.get(task.kind)
+    if evaluator is None:
+        raise ValueError(
+            f"unknown evaluation kind {task.kind!r}: choose one of {', '.join(EVAL_KINDS)}, or "
+            "register it with trainables.evals.register_evaluator"
+        )
     t0 = time.perf_counter()
-    cfg, ckpt = task.train, task.checkpoint
-    if task.kind == "transfer":
-        assert cfg and ckpt and task.target and task.probe
-        result = evaluate_transfer(cfg, ckpt, task.target, task.data, task.probe, task.load, device)
-    elif task.kind == "random_init":
-        assert cfg and task.target and task.probe
-        result = evaluate_random_init(cfg, task.target, task.probe, task.load, device)
-    elif task.kind == "raw_pixels":
-        assert task.target and task.probe
-        result = evaluate_raw_pixels(task.target, task.data, task.probe, task.load)
-    elif task.kind == "fisher":
-        assert cfg and ckpt and task.fisher
-        result = evaluate_fisher(cfg, ckpt, task.fisher, task.load, device)
-    elif task.kind == "robustness":
-        assert cfg and ckpt and task.robustness
-        result = evaluate_robustness(cfg, ckpt, task.robustness, task.load, device)
-    elif task.kind == "inversion":
-        assert cfg and ckpt and task.inversion
-        result = evaluate_inversion(
-            cfg, ckpt, task.inversion, task.num_images, task.artifact_path, task.load, device
-        )
-    elif task.kind == "finetune":
-        assert cfg and ckpt and task.target and task.finetune
-        result = evaluate_finetune(
-            cfg, ckpt, task.target, task.data, task.finetune, task.load, device
-        )
-    else:
-        raise ValueError(f"unknown evaluation kind {task.kind!r}: choose one of {EVAL_KINDS}")
+    result = evaluator(task, device)
     result["wall_time_s"] = time.perf_counter() - t0
     return result
+
+
+# --- the built-in kinds ---------------------------------------------------------------------
+
+S = TypeVar("S")
+
+
+def task_settings(task: EvalTask, kind_type: type[S]) -> S:
+    """task.settings, checked to be the type its kind needs."""
+    if not isinstance(task.settings, kind_type):
+        raise TypeError(
+            f"evaluation kind {task.kind!r} needs settings of type {kind_type.__name__}, got "
+            f"{type(task.settings).__name__}: build the EvalTask with a {kind_type.__name__}"
+        )
+    return task.settings
+
+
+def _required(task: EvalTask, name: str) -> Any:
+    """A field of the task that its kind needs (train, checkpoint, target)."""
+    value = getattr(task, name)
+    if value is None:
+        raise ValueError(f"evaluation kind {task.kind!r} needs task.{name}, got None: set it")
+    return value
+
+
+def _run_transfer(task: EvalTask, device: Device) -> dict[str, Any]:
+    return evaluate_transfer(
+        _required(task, "train"),
+        _required(task, "checkpoint"),
+        _required(task, "target"),
+        task.data,
+        task_settings(task, ProbeConfig),
+        task.load,
+        device,
+    )
+
+
+def _run_random_init(task: EvalTask, device: Device) -> dict[str, Any]:
+    return evaluate_random_init(
+        _required(task, "train"),
+        _required(task, "target"),
+        task_settings(task, ProbeConfig),
+        task.load,
+        device,
+    )
+
+
+def _run_raw_pixels(task: EvalTask, device: Device) -> dict[str, Any]:
+    # No network: the probe fits on pixels on the CPU, whatever the device.
+    return evaluate_raw_pixels(
+        _required(task, "target"), task.data, task_settings(task, ProbeConfig), task.load
+    )
+
+
+def _run_fisher(task: EvalTask, device: Device) -> dict[str, Any]:
+    return evaluate_fisher(
+        _required(task, "train"),
+        _required(task, "checkpoint"),
+        task_settings(task, FisherConfig),
+        task.load,
+        device,
+    )
+
+
+def _run_robustness(task: EvalTask, device: Device) -> dict[str, Any]:
+    return evaluate_robustness(
+        _required(task, "train"),
+        _required(task, "checkpoint"),
+        task_settings(task, RobustnessConfig),
+        task.load,
+        device,
+    )
+
+
+def _run_inversion(task: EvalTask, device: Device) -> dict[str, Any]:
+    request = task_settings(task, InversionRequest)
+    return evaluate_inversion(
+        _required(task, "train"),
+        _required(task, "checkpoint"),
+        request.config,
+        request.num_images,
+        task.artifact_path,
+        task.load,
+        device,
+    )
+
+
+def _run_finetune(task: EvalTask, device: Device) -> dict[str, Any]:
+    return evaluate_finetune(
+        _required(task, "train"),
+        _required(task, "checkpoint"),
+        _required(task, "target"),
+        task.data,
+        task_settings(task, FinetuneConfig),
+        task.load,
+        device,
+    )
+
+
+register_evaluator("transfer", _run_transfer)
+register_evaluator("random_init", _run_random_init)
+register_evaluator("raw_pixels", _run_raw_pixels)
+register_evaluator("fisher", _run_fisher)
+register_evaluator("robustness", _run_robustness)
+register_evaluator("inversion", _run_inversion)
+register_evaluator("finetune", _run_finetune)

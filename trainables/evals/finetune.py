@@ -9,26 +9,14 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from trainables.config import FinetuneConfig
 from trainables.data import Splits, adapt_images
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Optimisation of full fine-tuning."""
-
-    epochs: int = 10
-    lr: float = 0.01
-    batch_size: int = 64
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    seed: int = 0
 
 
 def run_finetune(

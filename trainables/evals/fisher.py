@@ -18,8 +18,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 from torch.nn import functional as F
 
-FISHER_METHODS = ("exact", "hutchinson")
-WEIGHT_FISHER_TYPES = ("true", "empirical")
+from trainables.config import FISHER_METHODS, WEIGHT_FISHER_TYPES
 
 
 @dataclass(frozen=True)

@@ -19,16 +19,7 @@ from pathlib import Path
 import torch
 from torch.func import jvp
 
-
-@dataclass(frozen=True)
-class InversionConfig:
-    """Steps, step size and regulariser weights of an inversion."""
-
-    steps: int = 200
-    step_size: float = 0.1
-    tv_weight: float = 0.0
-    fisher_weight: float = 0.0
-    seed: int = 0
+from trainables.config import InversionConfig
 
 
 @dataclass(frozen=True)

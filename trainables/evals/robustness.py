@@ -2,7 +2,8 @@
 
 AutoAttack (Croce & Hein 2020) is the standard for reporting robustness; it comes from the
 maintained `torchattacks` package (`pip install atsweep[autoattack]`), imported only when used.
-STANDARD_EPS holds the radii that RobustBench and the literature report per dataset and norm.
+The radii that RobustBench and the literature report per dataset and norm (STANDARD_EPS,
+standard_eps) are in trainables.config, where spec validation reads them without torch.
 """
 
 from __future__ import annotations
@@ -12,30 +13,6 @@ from torch import nn
 
 from trainables.config import AttackConfig
 from trainables.data import ImageSet, adapt_images, iterate_batches
-
-# (dataset, norm) -> eps in pixel units: RobustBench's CIFAR and ImageNet settings, and the
-# classic MNIST radii (Madry et al.). Datasets not listed use their resolution's entry.
-STANDARD_EPS: dict[tuple[str, str], float] = {
-    ("cifar10", "linf"): 8 / 255,
-    ("cifar10", "l2"): 0.5,
-    ("cifar100", "linf"): 8 / 255,
-    ("cifar100", "l2"): 0.5,
-    ("imagenet", "linf"): 4 / 255,
-    ("imagenet", "l2"): 3.0,
-    ("mnist", "linf"): 0.3,
-    ("mnist", "l2"): 2.0,
-    ("fashion_mnist", "linf"): 0.1,
-    ("fashion_mnist", "l2"): 1.5,
-}
-
-
-def standard_eps(dataset: str, norm: str, size: int) -> float:
-    """The usual reporting radius for a dataset and norm (by resolution when not listed)."""
-    if (dataset, norm) in STANDARD_EPS:
-        return STANDARD_EPS[(dataset, norm)]
-    if size >= 128:
-        return STANDARD_EPS[("imagenet", norm)]
-    return STANDARD_EPS[("cifar10", norm)]
 
 
 def compute_robust_accuracy(

@@ -6,7 +6,8 @@ used by linear transfer, Fisher information and inversion; `head` maps it to log
 
 The registry lives in `registry`; importing this package registers the CIFAR-style bodies
 (`cifar`: small_cnn, resnet18, resnet50, preact_resnet18, wrn28_10) and the torchvision
-ImageNet ones (`imagenet`: tv_resnet18, tv_resnet50, tv_wide_resnet50_2).
+ImageNet ones (`imagenet`: tv_resnet18, tv_resnet50, tv_wide_resnet50_2). Their names are in
+the torch-free trainables.catalog (list_models), which a spec is validated against.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from trainables.models.registry import (
     ModelSpec,
     Normalize,
     build_model,
-    list_models,
     model_family,
+    model_specs,
     model_stages,
     register_model,
     scaled,
@@ -40,8 +41,8 @@ __all__ = [
     "build_model",
     "cifar",
     "imagenet",
-    "list_models",
     "model_family",
+    "model_specs",
     "model_stages",
     "register_model",
     "scaled",

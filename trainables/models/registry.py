@@ -4,6 +4,8 @@ Inputs are images in [0, 1]; the model normalises them itself so that an attack'
 pixel units (PAPER.md section 2). `features(x)` gives the penultimate (pooled, flat)
 representation used by linear transfer, Fisher information and inversion; `head` maps it to
 logits. Every body returns those flat features, so the head is the same for every architecture.
+The names live in the torch-free trainables.catalog (what a spec is validated against);
+register_model adds its name there and keeps the builder here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from trainables.catalog import list_models, register_model_name
 from trainables.config import ArchRef
 
 # A "cifar" family body scales its channels with ArchRef.width; an "imagenet" (torchvision)
@@ -99,18 +102,24 @@ def register_model(
 
     def wrap(fn: BodyBuilder) -> BodyBuilder:
         _REGISTRY[name] = ModelSpec(fn, family, stages)
+        register_model_name(name)
         return fn
 
     return wrap
 
 
-def list_models() -> list[str]:
-    """The registered architecture names, sorted."""
-    return sorted(_REGISTRY)
+def model_specs() -> dict[str, ModelSpec]:
+    """Every architecture that has a builder, by name (built-ins and later registrations)."""
+    return dict(_REGISTRY)
 
 
 def _spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
+        if name in list_models():
+            raise KeyError(
+                f"arch {name!r} is in trainables.catalog but has no builder: register it with "
+                "@trainables.models.register_model in the process that builds it"
+            )
         raise KeyError(f"unknown arch {name!r}: choose one of {', '.join(list_models())}")
     return _REGISTRY[name]
 

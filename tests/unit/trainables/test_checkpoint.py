@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ListReporter
+from tests.conftest import ListReporter, make_digits_config
 from trainables.checkpoint import (
     CheckpointError,
     find_latest_valid_checkpoint,
@@ -18,20 +18,20 @@ from trainables.checkpoint import (
     read_manifest,
     sha256_file,
 )
-from trainables.config import ArchRef, DataConfig, DatasetRef, OptimConfig, TrainConfig
+from trainables.config import DataConfig
 from trainables.data import build_dataset
 from trainables.evals import build_untrained_model
 from trainables.training import run_training
 
 pytestmark = pytest.mark.unit
 
-CFG = TrainConfig(
-    source=DatasetRef("digits", (0, 1, 2)),
-    arch=ArchRef("small_cnn", 0.5),
+CFG = make_digits_config(
+    (0, 1, 2),
     norm="l2",
     eps=0.0,
-    seed=0,
-    optim=OptimConfig(epochs=3, batch_size=32, optimizer="adam", lr=3e-3),
+    epochs=3,
+    optimizer="adam",
+    lr=3e-3,
     data=DataConfig(max_per_class=20, max_test_per_class=10),
 )
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from trainables.catalog import get_dataset_info
 from trainables.config import DataConfig, DatasetRef
-from trainables.data import build_dataset, get_dataset_info, split_stratified
+from trainables.data import build_dataset, split_stratified
 
 pytestmark = pytest.mark.unit
 

@@ -1,28 +1,32 @@
-"""Every evaluation kind, run from a real checkpoint through run_evaluation (no Ray)."""
+"""Every evaluation kind, run from a real checkpoint through run_evaluation (no Ray), and the
+registry that run_evaluation dispatches through."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from tests.conftest import ListReporter
+from trainables import evals
 from trainables.config import (
-    ArchRef,
     AttackConfig,
     DataConfig,
     DatasetRef,
+    FinetuneConfig,
     FisherConfig,
-    OptimConfig,
+    InversionConfig,
+    InversionRequest,
     ProbeConfig,
     RobustnessConfig,
     TrainConfig,
 )
 from trainables.data import build_dataset
-from trainables.evals import EVAL_KINDS, EvalTask, run_evaluation
-from trainables.evals.finetune import FinetuneConfig
-from trainables.evals.inversion import InversionConfig
+from trainables.evals import EVAL_KINDS, EvalTask, register_evaluator, run_evaluation
 from trainables.training import run_training
 
 pytestmark = pytest.mark.unit
@@ -32,14 +36,16 @@ TARGET = DatasetRef("digits", (5, 6, 7))
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConfig, Path]:
-    cfg = TrainConfig(
-        source=DatasetRef("digits", (0, 1, 2, 3)),
-        arch=ArchRef("small_cnn", 0.5),
+def trained(
+    tmp_path_factory: pytest.TempPathFactory, digits_config: Callable[..., TrainConfig]
+) -> tuple[TrainConfig, Path]:
+    cfg = digits_config(
+        (0, 1, 2, 3),
         norm="l2",
         eps=0.5,
-        seed=0,
-        optim=OptimConfig(epochs=2, batch_size=32, optimizer="adam", lr=5e-3),
+        epochs=2,
+        optimizer="adam",
+        lr=5e-3,
         attack=AttackConfig(steps=2),
         eval_attack=AttackConfig(steps=2),
         data=DATA,
@@ -54,44 +60,43 @@ def every_task(cfg: TrainConfig, ckpt: Path, tmp_path: Path) -> dict[str, EvalTa
     probe = ProbeConfig(c_grid=(0.1, 1.0))
     tasks = {
         "transfer": EvalTask(
-            "transfer", "k", DATA, train=cfg, checkpoint=str(ckpt), target=TARGET, probe=probe
+            "transfer", "k", DATA, probe, train=cfg, checkpoint=str(ckpt), target=TARGET
         ),
-        "random_init": EvalTask("random_init", "k", DATA, train=cfg, target=TARGET, probe=probe),
-        "raw_pixels": EvalTask("raw_pixels", "k", DATA, target=TARGET, probe=probe),
+        "random_init": EvalTask("random_init", "k", DATA, probe, train=cfg, target=TARGET),
+        "raw_pixels": EvalTask("raw_pixels", "k", DATA, probe, target=TARGET),
         "fisher": EvalTask(
             "fisher",
             "k",
             DATA,
+            FisherConfig(num_samples=16, probes=4, eigen_iters=10),
             train=cfg,
             checkpoint=str(ckpt),
-            fisher=FisherConfig(num_samples=16, probes=4, eigen_iters=10),
         ),
         "robustness": EvalTask(
             "robustness",
             "k",
             DATA,
+            RobustnessConfig(eps=1.0, attack=AttackConfig(steps=5), num_samples=40),
             train=cfg,
             checkpoint=str(ckpt),
-            robustness=RobustnessConfig(eps=1.0, attack=AttackConfig(steps=5), num_samples=40),
         ),
         "inversion": EvalTask(
             "inversion",
             "k",
             DATA,
+            InversionRequest(InversionConfig(steps=10), num_images=3),
             train=cfg,
             checkpoint=str(ckpt),
-            inversion=InversionConfig(steps=10),
-            num_images=3,
             artifact_path=str(tmp_path / "grid.png"),
         ),
         "finetune": EvalTask(
             "finetune",
             "k",
             DATA,
+            FinetuneConfig(epochs=10, lr=0.1, batch_size=16),
             train=cfg,
             checkpoint=str(ckpt),
             target=TARGET,
-            finetune=FinetuneConfig(epochs=10, lr=0.1, batch_size=16),
         ),
     }
     assert set(tasks) == set(EVAL_KINDS)
@@ -130,4 +135,69 @@ def test_every_kind_runs_on_cuda(trained, tmp_path: Path) -> None:  # type: igno
 
 def test_unknown_kind_lists_the_choices() -> None:
     with pytest.raises(ValueError, match="finetune"):
-        run_evaluation(EvalTask("nope", "k", DATA))
+        run_evaluation(EvalTask("nope", "k", DATA, None))
+
+
+BUILTIN_KINDS = (
+    "transfer",
+    "random_init",
+    "raw_pixels",
+    "fisher",
+    "robustness",
+    "inversion",
+    "finetune",
+)
+
+
+@pytest.fixture
+def restore_evaluators() -> Iterator[None]:
+    """The evaluator registry as it was before the test (which registers kinds of its own)."""
+    saved = dict(evals._EVALUATORS)
+    yield
+    evals._EVALUATORS.clear()
+    evals._EVALUATORS.update(saved)
+
+
+def test_a_registered_kind_runs_through_run_evaluation(restore_evaluators: None) -> None:
+    calls: list[tuple[EvalTask, str]] = []
+
+    def count_classes(task: EvalTask, device: Any) -> dict[str, Any]:
+        calls.append((task, device))
+        time.sleep(0.02)
+        assert task.target is not None and task.target.classes is not None
+        assert isinstance(task.settings, ProbeConfig)
+        return {"n_classes": len(task.target.classes), "c_max": max(task.settings.c_grid)}
+
+    assert "count_classes" not in EVAL_KINDS
+    register_evaluator("count_classes", count_classes)
+    assert set(EVAL_KINDS) == {*BUILTIN_KINDS, "count_classes"}
+    task = EvalTask("count_classes", "k", DATA, ProbeConfig(c_grid=(0.5, 2.0)), target=TARGET)
+    out = run_evaluation(task, "cpu")
+    assert calls == [(task, "cpu")]
+    assert out["n_classes"] == 3 and out["c_max"] == 2.0
+    assert out["wall_time_s"] >= 0.02  # run_evaluation times the evaluator it dispatched to
+
+
+def test_an_unknown_kind_names_every_registered_kind(restore_evaluators: None) -> None:
+    register_evaluator("count_classes", lambda task, device: {})
+    with pytest.raises(ValueError, match="unknown evaluation kind 'nope'") as err:
+        run_evaluation(EvalTask("nope", "k", DATA, None))
+    for kind in (*BUILTIN_KINDS, "count_classes"):
+        assert kind in str(err.value), kind
+    assert "register_evaluator" in str(err.value)
+    with pytest.raises(ValueError, match="non-empty string, got ''"):
+        register_evaluator("", lambda task, device: {})
+    with pytest.raises(TypeError, match="must be a function"):
+        register_evaluator("count_classes", {"not": "callable"})  # type: ignore[arg-type]
+    assert set(EVAL_KINDS) == {*BUILTIN_KINDS, "count_classes"}  # a refused one changes nothing
+
+
+def test_a_task_without_what_its_kind_needs_says_what_is_missing(
+    digits_config: Callable[..., TrainConfig],
+) -> None:
+    cfg = digits_config()
+    wrong = EvalTask("fisher", "k", DATA, ProbeConfig(), train=cfg, checkpoint="unused")
+    with pytest.raises(TypeError, match="'fisher' needs settings of type FisherConfig, got Probe"):
+        run_evaluation(wrong)
+    with pytest.raises(ValueError, match=r"'transfer' needs task\.train, got None"):
+        run_evaluation(EvalTask("transfer", "k", DATA, ProbeConfig(), target=TARGET))

@@ -196,7 +196,8 @@ def test_lbfgs_probe_reaches_sklearns_loss_and_accuracy(c: float) -> None:
 
 
 def test_inverting_an_identity_network_recovers_the_input(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from trainables.evals.inversion import InversionConfig, run_inversion, save_inversion_grid
+    from trainables.config import InversionConfig
+    from trainables.evals.inversion import run_inversion, save_inversion_grid
 
     x0 = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     result = run_inversion(lambda x: x.flatten(1), x0, InversionConfig(steps=300, step_size=0.05))
@@ -210,7 +211,8 @@ def test_inverting_an_identity_network_recovers_the_input(tmp_path) -> None:  # 
 
 
 def test_regularisers_change_the_reconstruction_and_tv_smooths_it() -> None:
-    from trainables.evals.inversion import InversionConfig, run_inversion, total_variation
+    from trainables.config import InversionConfig
+    from trainables.evals.inversion import run_inversion, total_variation
 
     model = small_model(0)
     x0 = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -6,13 +6,13 @@ import pytest
 import torch
 import torchvision
 
+from trainables.catalog import list_models
 from trainables.config import ArchRef
 from trainables.models import (
     Classifier,
     ModelInput,
     Normalize,
     build_model,
-    list_models,
     model_family,
     model_stages,
 )

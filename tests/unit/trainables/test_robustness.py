@@ -6,35 +6,17 @@ import pytest
 import torch
 
 from tests.conftest import ListReporter
-from trainables.config import (
-    ArchRef,
-    AttackConfig,
-    DataConfig,
-    DatasetRef,
-    OptimConfig,
-    TrainConfig,
-)
+from trainables.config import AttackConfig, DataConfig, standard_eps
 from trainables.data import build_dataset
-from trainables.evals.robustness import (
-    compute_autoattack_accuracy,
-    compute_robust_accuracy,
-    standard_eps,
-)
+from trainables.evals.robustness import compute_autoattack_accuracy, compute_robust_accuracy
 from trainables.training import run_training
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
-def trained():  # type: ignore[no-untyped-def]
-    cfg = TrainConfig(
-        source=DatasetRef("digits", (0, 1, 2, 3, 4)),
-        arch=ArchRef("small_cnn", 0.5),
-        norm="linf",
-        eps=0.0,
-        seed=0,
-        optim=OptimConfig(epochs=3, batch_size=32, optimizer="adam", lr=5e-3),
-    )
+def trained(digits_config):  # type: ignore[no-untyped-def]
+    cfg = digits_config((0, 1, 2, 3, 4), norm="linf", eps=0.0, epochs=3, optimizer="adam", lr=5e-3)
     splits = build_dataset(cfg.source, DataConfig(max_per_class=80, max_test_per_class=12))
     torch.set_num_threads(1)
     model = run_training(cfg, splits, ListReporter()).eval()

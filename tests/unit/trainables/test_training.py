@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ListReporter
+from tests.conftest import ListReporter, make_digits_config
 from trainables.checkpoint import CheckpointError, load_checkpoint, read_manifest
 from trainables.config import (
-    ArchRef,
     AttackConfig,
     DataConfig,
     DatasetRef,
@@ -35,13 +35,8 @@ def tiny_splits() -> Splits:
 
 
 def tiny_config(eps: float = 0.5, epochs: int = 3) -> TrainConfig:
-    return TrainConfig(
-        source=DatasetRef("digits", (0, 1, 2)),
-        arch=ArchRef("small_cnn", 0.5),
-        norm="l2",
-        eps=eps,
-        seed=0,
-        optim=OptimConfig(epochs=epochs, batch_size=32, optimizer="sgd", lr=0.05),
+    return make_digits_config(
+        (0, 1, 2), norm="l2", eps=eps, epochs=epochs, optimizer="sgd", lr=0.05
     )
 
 
@@ -162,15 +157,11 @@ def test_cosine_schedule_starts_at_lr_and_decays_to_zero() -> None:
     ],
     ids=["fgsm_rs", "free", "pgd_restarts"],
 )
-def test_every_training_method_trains_and_reports(attack: AttackConfig) -> None:
-    cfg = TrainConfig(
-        source=DatasetRef("digits", (0, 1, 2)),
-        arch=ArchRef("small_cnn", 0.5),
-        norm="linf",
-        eps=0.05,
-        seed=0,
-        optim=OptimConfig(epochs=3, batch_size=32, optimizer="adam", lr=5e-3),
-        attack=attack,
+def test_every_training_method_trains_and_reports(
+    attack: AttackConfig, digits_config: Callable[..., TrainConfig]
+) -> None:
+    cfg = digits_config(
+        (0, 1, 2), norm="linf", eps=0.05, epochs=3, optimizer="adam", lr=5e-3, attack=attack
     )
     splits = build_dataset(cfg.source, DataConfig(max_per_class=100, max_test_per_class=30))
     rep = ListReporter()
@@ -181,14 +172,16 @@ def test_every_training_method_trains_and_reports(attack: AttackConfig) -> None:
     assert rep.metrics[-1]["test/acc_clean"] > 0.6
 
 
-def test_free_training_takes_replays_optimizer_steps_per_minibatch() -> None:
-    cfg = TrainConfig(
-        source=DatasetRef("digits", (0, 1, 2)),
-        arch=ArchRef("small_cnn", 0.5),
+def test_free_training_takes_replays_optimizer_steps_per_minibatch(
+    digits_config: Callable[..., TrainConfig],
+) -> None:
+    cfg = digits_config(
+        (0, 1, 2),
         norm="l2",
         eps=0.3,
-        seed=0,
-        optim=OptimConfig(epochs=1, batch_size=32, optimizer="adam", lr=1e-3),
+        epochs=1,
+        optimizer="adam",
+        lr=1e-3,
         attack=AttackConfig(method="free", replays=3),
     )
     rep = ListReporter(Path(tempfile.mkdtemp()))

@@ -31,16 +31,9 @@ from tests.dataset_fixtures import (
     write_sun397,
     write_svhn,
 )
+from trainables.catalog import DataMissingError, get_dataset_info, list_datasets
 from trainables.config import DataConfig, DatasetRef
-from trainables.data import (
-    DataMissingError,
-    LoadRequest,
-    Splits,
-    build_dataset,
-    get_dataset_info,
-    list_datasets,
-    vision,
-)
+from trainables.data import LoadRequest, Splits, build_dataset, vision
 from trainables.data.vision import (
     TorchvisionImageSet,
     check_available,
