@@ -14,12 +14,14 @@ import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import matplotlib as mpl
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -28,8 +30,12 @@ from matplotlib.transforms import Bbox
 from analysis.pareto import pareto_front
 from analysis.stats import aggregate_seeds, complete_tables, fill_block_columns, join_trials
 
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
 PANEL = ["source", "arch", "norm"]
-STYLE = {
+# Typed with matplotlib's rc keys, so a misspelt key is a type error.
+STYLE: dict[RcKeyType, Any] = {
     "font.size": 9,
     "axes.titlesize": 9,
     "axes.labelsize": 9,
@@ -107,7 +113,7 @@ def _set_eps_axis(ax: Axes, eps: Sequence[float], norm: str, label: bool = True)
 
 def _legend(fig: Figure, axes: Sequence[Axes], extra: Sequence[Line2D] = ()) -> None:
     """One legend for the figure, under the panels, with each label once."""
-    seen: dict[str, object] = {}
+    seen: dict[str, Artist] = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(label, handle)
@@ -148,7 +154,14 @@ def _cap_accuracy(ax: Axes) -> None:
     ax.set_ylim(max(low, -0.02), min(high, 1.02))
 
 
-def _style_of(i: int) -> dict[str, object]:
+class _Style(TypedDict):
+    """Line2D keyword arguments that tell series of one panel apart."""
+
+    linestyle: str
+    marker: str
+
+
+def _style_of(i: int) -> _Style:
     return {"linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
 
 
@@ -509,7 +522,7 @@ def write_figures(tables: Mapping[str, pd.DataFrame], out_dir: str | Path) -> li
 # ----- per trial ---------------------------------------------------------------------------------
 def _tick_label_chars(ax: Axes) -> int:
     """The longest y tick label of an axes, in characters (what its left margin must hold)."""
-    labels = ax.yaxis.get_major_formatter().format_ticks(ax.get_yticks())
+    labels = ax.yaxis.get_major_formatter().format_ticks(ax.get_yticks().tolist())
     return max((len(label) for label in labels), default=0)
 
 

@@ -55,10 +55,10 @@ def _front_min(q: np.ndarray, unique: bool = False) -> np.ndarray:
     if unique:
         # Of identical front rows, the first (lowest index) stays.
         seen: set[bytes] = set()
-        for i in np.flatnonzero(keep):
-            row = q[i].tobytes()
+        for k in np.flatnonzero(keep):
+            row = q[k].tobytes()
             if row in seen:
-                keep[i] = False
+                keep[k] = False
             seen.add(row)
     return np.flatnonzero(keep)
 

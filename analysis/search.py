@@ -87,7 +87,7 @@ def _hv(q: np.ndarray, r: np.ndarray) -> float:
 
 def hypervolume(
     points: np.ndarray | Sequence[Sequence[float]],
-    reference: Sequence[float],
+    reference: np.ndarray | Sequence[float],
     maximize: Sequence[bool] | bool,
 ) -> float:
     """The exact volume of the objective space the points dominate, bounded by `reference`.
@@ -339,6 +339,8 @@ def plot_search_vs_grid(
                     fontsize=7,
                     color=color,
                 )
+        # Some study has points (the early return above), so some scatter set the mappable.
+        assert mappable is not None
         bar = fig.colorbar(mappable, ax=ax, pad=0.02)
         bar.set_label(_eps_label(norms[0]) if len(norms) == 1 else "training ε (input units)")
         ax.set_xlabel(_objective_label(objs[0]))

@@ -208,7 +208,7 @@ def tradeoff_table(results_dir: str | Path) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _cell(mean: object, std: object, digits: int) -> str:
+def _cell(mean: float | None, std: float | None, digits: int) -> str:
     if mean is None or pd.isna(mean):
         return ""
     text = f"{float(mean):.{digits}f}" if digits else f"{float(mean):.3g}"
