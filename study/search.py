@@ -8,11 +8,9 @@ RUNNING in that database are marked FAIL first, so they neither block nor count.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from study.spec import SweepSpec, objective_metric
-from trainables.config import to_canonical
 
 
 def _sampler(spec: SweepSpec, done: int) -> Any:
@@ -79,30 +77,6 @@ def search_param_space(spec: SweepSpec) -> dict[str, Any]:
     if space.norms is not None:
         out["norm"] = tune.choice(list(space.norms))
     return out
-
-
-def search_train_config(spec: SweepSpec) -> dict[str, Any]:
-    """What every search trial gets in config["train"]: the base config, the arch choices by id,
-    and the transfer objectives the trial computes at its end."""
-    assert spec.search is not None
-    probe = spec.evaluations.transfer.to_config()
-    targets = {t.to_ref().id: t.to_ref() for t in spec.evaluations.transfer.targets}
-    objectives = [
-        {
-            "target": to_canonical(asdict(targets[o.metric.split(":", 1)[1]])),
-            "probe": to_canonical(asdict(probe)),
-        }
-        for o in spec.search.objectives
-        if o.metric.startswith("transfer:")
-    ]
-    archs = {a.to_ref().id: to_canonical(asdict(a.to_ref())) for a in spec.search.arch_choices()}
-    return {
-        "search": {
-            "base": to_canonical(asdict(spec.base_config())),
-            "archs": archs,
-            "objectives": objectives,
-        }
-    }
 
 
 def search_tune_options(spec: SweepSpec, storage: Any, done: int) -> dict[str, Any]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from study.evaluations import evaluation_tables
 from study.sinks.parquet import KEYS, read_table
 from study.spec import SweepSpec
 from trainables import storage
-
-EVAL_TABLES = ("transfer", "fisher", "robustness", "inversion")
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,7 @@ def run_states(spec: SweepSpec) -> tuple[dict[str, int], dict[str, int]]:
     """Counts of the study's trial and evaluation runs by MLflow status (RUNNING, FAILED...)."""
     from mlflow.tracking import MlflowClient
 
-    from study.sinks.mlflow import ROLE_TAG
+    from study.sinks.mlflow import ROLE_TAG, iter_runs
 
     uri = spec.tracking_uri()
     if uri.startswith("sqlite:///") and not storage.exists(uri.removeprefix("sqlite:///")):
@@ -39,16 +38,11 @@ def run_states(spec: SweepSpec) -> tuple[dict[str, int], dict[str, int]]:
     counts: dict[str, Counter[str]] = {"trial": Counter(), "evaluation": Counter()}
     if experiment is None:
         return {}, {}
-    token = None
-    while True:
-        page = client.search_runs([experiment.experiment_id], max_results=1000, page_token=token)
-        for run in page:
-            role = run.data.tags.get(ROLE_TAG)
-            if role in counts:
-                counts[role][run.info.status] += 1
-        token = page.token
-        if not token:
-            return dict(counts["trial"]), dict(counts["evaluation"])
+    for run in iter_runs(client, experiment.experiment_id):
+        role = run.data.tags.get(ROLE_TAG)
+        if role in counts:
+            counts[role][run.info.status] += 1
+    return dict(counts["trial"]), dict(counts["evaluation"])
 
 
 def study_status(spec: SweepSpec, with_mlflow: bool = True) -> StudyStatus:
@@ -92,7 +86,7 @@ def format_status(status: StudyStatus) -> str:
             f"  trials running {trials.get('RUNNING', 0)}, failed {trials.get('FAILED', 0)}, "
             f"killed {trials.get('KILLED', 0)} (MLflow)"
         )
-        evals_done = sum(status.rows[t] for t in EVAL_TABLES)
+        evals_done = sum(status.rows[t] for t in evaluation_tables())
         lines.append(
             f"  evaluations done {evals_done}, running {evals.get('RUNNING', 0)}, "
             f"failed {evals.get('FAILED', 0)}"

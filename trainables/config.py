@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+import types
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Bumped when a change to the code changes results for the same config, so old cache entries
@@ -281,58 +282,62 @@ def compute_key(kind: str, *parts: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _build(tp: Any, value: Any) -> Any:
-    """Rebuild a (possibly nested) dataclass field from its JSON form."""
+def from_canonical(tp: Any, value: Any) -> Any:
+    """Rebuild a value of type tp (a dataclass, possibly nested, tuples of them, optionals)
+    from its canonical JSON form: the inverse of to_canonical for the configs here."""
     import dataclasses
     import typing
 
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
         hints = typing.get_type_hints(tp)
-        return tp(**{k: _build(hints[k], v) for k, v in value.items()})
+        return tp(**{k: from_canonical(hints[k], v) for k, v in value.items()})
     if origin is tuple and isinstance(value, list):
+        args = typing.get_args(tp)
+        item = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+        if item is not None:
+            return tuple(from_canonical(item, v) for v in value)
+        if args and len(args) == len(value):
+            return tuple(from_canonical(a, v) for a, v in zip(args, value, strict=True))
         return tuple(value)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             if arg is type(None) and value is None:
                 return None
             if arg is not type(None):
-                return _build(arg, value)
+                return from_canonical(arg, value)
     return value
 
 
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Inverse of dataclasses.asdict for TrainConfig (used where configs cross processes)."""
-    result: TrainConfig = _build(TrainConfig, data)
+    result: TrainConfig = from_canonical(TrainConfig, data)
     return result
 
 
-SEARCH_PARAMS = ("eps", "lr", "weight_decay", "arch", "norm")
+@dataclass(frozen=True)
+class LoadRequest:
+    """Where to look for a dataset and whether torchvision may download it (not part of a
+    key: the same data read from another folder gives the same result)."""
+
+    root: str | None = None
+    download: bool = False
 
 
-def apply_search_params(
-    base: TrainConfig, params: dict[str, Any], archs: dict[str, dict[str, Any]]
-) -> TrainConfig:
-    """A search trial's config: base with the sampler's values (eps, lr, weight_decay, norm, and
-    arch by its id in archs) put in."""
-    cfg = base
-    if "eps" in params:
-        cfg = replace(cfg, eps=float(params["eps"]))
-    if "norm" in params:
-        cfg = replace(cfg, norm=str(params["norm"]))
-    if "arch" in params:
-        cfg = replace(cfg, arch=_build(ArchRef, archs[str(params["arch"])]))
-    optim = {k: float(params[k]) for k in ("lr", "weight_decay") if k in params}
-    if optim:
-        cfg = replace(cfg, optim=replace(cfg.optim, **optim))
-    return cfg
+@dataclass(frozen=True)
+class EvalTask:
+    """One evaluation to run: what kind, on which trained network (checkpoint), with what.
 
+    settings is the kind's frozen config: ProbeConfig (transfer, random_init, raw_pixels),
+    FinetuneConfig, FisherConfig, RobustnessConfig or InversionRequest, or a registered kind's.
+    """
 
-def trial_config(config: dict[str, Any]) -> TrainConfig:
-    """The TrainConfig of a Tune trial's config: a grid cell's, or a search proposal's."""
-    train = config["train"]
-    if "search" not in train:
-        return train_config_from_dict(train["config"])
-    search = train["search"]
-    params = {k: config[k] for k in SEARCH_PARAMS if k in config}
-    return apply_search_params(train_config_from_dict(search["base"]), params, search["archs"])
+    kind: str
+    eval_key: str
+    data: DataConfig
+    settings: object
+    train: TrainConfig | None = None
+    checkpoint: str | None = None
+    target: DatasetRef | None = None
+    artifact_path: str | None = None
+    load: LoadRequest = field(default_factory=LoadRequest)

@@ -21,15 +21,10 @@ import torch
 
 from trainables import storage
 from trainables.checkpoint import find_latest_valid_checkpoint
-from trainables.config import (
-    DatasetRef,
-    ProbeConfig,
-    RunOptions,
-    TrainConfig,
-    trial_config,
-)
-from trainables.data import LoadRequest, build_dataset
-from trainables.evals import EvalTask, evaluate_transfer, run_evaluation
+from trainables.config import EvalTask, LoadRequest, TrainConfig
+from trainables.data import build_dataset
+from trainables.evals import evaluate_transfer, run_evaluation
+from trainables.payload import TransferObjective, TrialPayload
 from trainables.training import run_training
 
 logger = logging.getLogger(__name__)
@@ -45,11 +40,11 @@ class TuneReporter:
     def __init__(
         self,
         cfg: TrainConfig | None = None,
-        objectives: list[dict[str, Any]] | None = None,
+        objectives: tuple[TransferObjective, ...] = (),
         load: LoadRequest | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.cfg, self.objectives = cfg, objectives or []
+        self.cfg, self.objectives = cfg, objectives
         self.load, self.device = load or LoadRequest(), device
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
@@ -59,26 +54,26 @@ class TuneReporter:
         # Which Ray node trained it: kept in the trials table.
         node = ray.get_runtime_context().get_node_id()
         # Every result names every objective (Tune checks); only the last epoch's are values.
-        extra = {self.objective_name(o): math.nan for o in self.objectives}
+        extra = {o.metric: math.nan for o in self.objectives}
         last = self.cfg is not None and int(metrics.get("epoch", -1)) == self.cfg.optim.epochs - 1
         if last and checkpoint_dir is not None:
             extra = self.objective_metrics(checkpoint_dir)
         tune.report({**metrics, **extra, "node_id": node}, checkpoint=checkpoint)
 
-    @staticmethod
-    def objective_name(objective: dict[str, Any]) -> str:
-        return f"objective/transfer/{DatasetRef(**objective['target']).id}"
-
     def objective_metrics(self, checkpoint_dir: Path) -> dict[str, float]:
         assert self.cfg is not None
         out = {}
         for objective in self.objectives:
-            target = DatasetRef(**objective["target"])
-            probe = ProbeConfig(**objective["probe"])
             result = evaluate_transfer(
-                self.cfg, checkpoint_dir, target, self.cfg.data, probe, self.load, self.device
+                self.cfg,
+                checkpoint_dir,
+                objective.target,
+                self.cfg.data,
+                objective.probe,
+                self.load,
+                self.device,
             )
-            out[self.objective_name(objective)] = float(result["test_acc"])
+            out[objective.metric] = float(result["test_acc"])
         return out
 
 
@@ -94,7 +89,7 @@ def configure_worker() -> torch.device:
     return torch.device("cpu")
 
 
-def find_resume_checkpoint(config: dict[str, Any]) -> Path | None:
+def find_resume_checkpoint(payload: TrialPayload) -> Path | None:
     """The newest checkpoint of this trial that passes its checksums, or None.
 
     Looked for in the trial's own folder (Tune's checkpoint after a worker failure) and in the
@@ -109,7 +104,7 @@ def find_resume_checkpoint(config: dict[str, Any]) -> Path | None:
     if checkpoint is not None:
         path = checkpoint.path.rstrip("/")
         locations.append(storage.to_location(checkpoint.filesystem, path.rsplit("/", 1)[0]))
-    locations += list(config["train"].get("resume_dirs", []))
+    locations += list(payload.resume_dirs)
     dirs = [_local_attempt(location) for location in dict.fromkeys(locations)]
     found, problems = find_latest_valid_checkpoint(dirs)
     for problem in problems:
@@ -132,14 +127,14 @@ def _local_attempt(location: str) -> Path:
 def train_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: train one grid cell, resuming from its newest valid checkpoint."""
     device = configure_worker()
-    cfg = trial_config(config)
-    load = LoadRequest(**config.get("load", {}))
-    options = RunOptions(**config.get("run_options", {}))
+    payload = TrialPayload.from_tune(config)
+    cfg, load = payload.train_config(config), payload.load
     splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
-    resume = find_resume_checkpoint(config)
-    objectives = config["train"].get("search", {}).get("objectives", [])
-    reporter = TuneReporter(cfg, objectives, load, device)
-    run_training(cfg, splits, reporter, device=device, resume_from=resume, options=options)
+    resume = find_resume_checkpoint(payload)
+    reporter = TuneReporter(cfg, payload.objectives, load, device)
+    run_training(
+        cfg, splits, reporter, device=device, resume_from=resume, options=payload.run_options
+    )
 
 
 def run_eval_task(task: EvalTask) -> dict[str, Any]:

@@ -14,12 +14,12 @@ import os
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -30,6 +30,9 @@ KEY_TAG = "atsweep.key"
 ROLE_TAG = "atsweep.role"
 TRIAL_KEY_TAG = "trial_key"
 EVAL_KEY_TAG = "eval_key"
+# Why a run failed; removed when a later attempt at the same key finishes.
+ERROR_TAG = "error"
+_MAX_ERROR_LEN = 5000
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
 _MAX_PARAM_LEN = 6000
 
@@ -107,6 +110,17 @@ class RetryingClient:
         return call
 
 
+def iter_runs(client: Any, experiment_id: str) -> Iterator[Run]:
+    """Every run of an experiment, page by page (MLflow returns at most 1000 per call)."""
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 def _warn(message: str) -> None:
     print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
@@ -143,18 +157,16 @@ class MlflowSink:
         """key tag -> run id of every run of this experiment that carries one."""
         index: dict[str, str] = {}
         self.running_at_start: list[str] = []
-        token = None
-        while True:
-            page = self.client.search_runs([self.experiment_id], max_results=1000, page_token=token)
-            for run in page:
-                key = run.data.tags.get(KEY_TAG)
-                if key:
-                    index.setdefault(key, run.info.run_id)
-                    if run.info.status == "RUNNING":
-                        self.running_at_start.append(run.info.run_id)
-            token = page.token
-            if not token:
-                return index
+        self._with_error: set[str] = set()
+        for run in iter_runs(self.client, self.experiment_id):
+            key = run.data.tags.get(KEY_TAG)
+            if key:
+                index.setdefault(key, run.info.run_id)
+                if run.info.status == "RUNNING":
+                    self.running_at_start.append(run.info.run_id)
+                if ERROR_TAG in run.data.tags:
+                    self._with_error.add(run.info.run_id)
+        return index
 
     def run_for(
         self,
@@ -170,7 +182,8 @@ class MlflowSink:
         """The run with this key (created the first time, marked RUNNING again otherwise).
 
         A new run gets its params and metrics in one log_batch: an evaluation's run costs
-        three calls (create, log_batch, set_terminated at end_run).
+        three calls (create, log_batch, set_terminated at end_run). A run found again gets the
+        tags again (they may have changed since it was created) with its metrics, in one batch.
         """
         all_tags = {KEY_TAG: key, ROLE_TAG: role, MLFLOW_RUN_NAME: name, **(tags or {})}
         if parent_run_id is not None:
@@ -188,7 +201,7 @@ class MlflowSink:
             )
         else:
             self.client.update_run(run_id, status="RUNNING")
-            self.log_metrics(run_id, metrics or {})
+            self._log_batches(run_id, metrics=self._metric_list(metrics or {}, 0), tags=all_tags)
         return run_id
 
     def end_orphaned_runs(self) -> int:
@@ -199,9 +212,6 @@ class MlflowSink:
         count = len(self.running_at_start)
         self.running_at_start = []
         return count
-
-    def has_run(self, key: str) -> bool:
-        return key in self._runs_by_key
 
     def find_run(self, key: str) -> str | None:
         """The id of the run carrying this key, or None."""
@@ -239,6 +249,11 @@ class MlflowSink:
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self._log_batches(run_id, tags=tags)
 
+    def mark_failed(self, run_id: str, error: str) -> None:
+        """Tag a run with why it failed (its buffered metrics go with the tag) and end it FAILED."""
+        self.end_run(run_id, "FAILED", tags={ERROR_TAG: error[:_MAX_ERROR_LEN]})
+        self._with_error.add(run_id)
+
     def flush(self, run_id: str | None = None, tags: Mapping[str, str] | None = None) -> None:
         """Send buffered metrics with log_batch (all runs, or one run with these tags too)."""
         run_ids = [run_id] if run_id is not None else list(self._metrics)
@@ -250,8 +265,13 @@ class MlflowSink:
     def end_run(
         self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None
     ) -> None:
-        """Flush the run's metrics (and tags) and mark it FINISHED, FAILED or KILLED."""
+        """Flush the run's metrics (and tags) and mark it FINISHED, FAILED or KILLED.
+
+        A run that finishes drops the error tag an earlier failed attempt left on it."""
         self.flush(run_id, tags)
+        if status == "FINISHED" and run_id in self._with_error:
+            self.client.delete_tag(run_id, ERROR_TAG)
+            self._with_error.discard(run_id)
         self.client.set_terminated(run_id, status=status)
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from study.evaluations import EVAL_TABLES, EvalTable
 from trainables import storage
 
 SCHEMA_VERSION = 3
@@ -50,17 +51,7 @@ _TRIAL_CONFIG = [
     pa.field("config_json", pa.string()),
 ]
 
-_GRID_COLUMNS = [
-    pa.field("eval_key", pa.string(), nullable=False),
-    pa.field("trial_key", pa.string()),
-    pa.field("source", pa.string()),
-    pa.field("arch", pa.string()),
-    pa.field("norm", pa.string()),
-    pa.field("attack", pa.string()),
-    pa.field("eps", pa.float64()),
-    pa.field("seed", pa.int64()),
-]
-SCHEMAS: dict[str, pa.Schema] = {
+_CORE_SCHEMAS: dict[str, pa.Schema] = {
     "trials": pa.schema(
         [
             *_TRIAL_CONFIG,
@@ -88,88 +79,37 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("epoch_time_s", pa.float64()),
         ]
     ),
-    "transfer": pa.schema(
-        [
-            pa.field("eval_key", pa.string(), nullable=False),
-            pa.field("trial_key", pa.string()),
-            pa.field("kind", pa.string()),
-            pa.field("source", pa.string()),
-            pa.field("arch", pa.string()),
-            pa.field("norm", pa.string()),
-            pa.field("attack", pa.string()),
-            pa.field("eps", pa.float64()),
-            pa.field("seed", pa.int64()),
-            pa.field("target", pa.string()),
-            pa.field("test_acc", pa.float64()),
-            pa.field("train_acc", pa.float64()),
-            pa.field("val_acc", pa.float64()),
-            pa.field("c", pa.float64()),
-            pa.field("n_train", pa.int64()),
-            pa.field("n_test", pa.int64()),
-            pa.field("feature_dim", pa.int64()),
-            pa.field("wall_time_s", pa.float64()),
-            pa.field("mlflow_run_id", pa.string()),
-        ]
-    ),
-    "fisher": pa.schema(
-        [
-            *_GRID_COLUMNS,
-            pa.field("n_samples", pa.int64()),
-            pa.field("sigma", pa.float64()),
-            pa.field("layer", pa.string()),
-            pa.field("input_method", pa.string()),
-            pa.field("probes", pa.int64()),
-            pa.field("input_trace", pa.float64()),
-            pa.field("input_trace_stderr", pa.float64()),
-            pa.field("input_eig", pa.float64()),
-            pa.field("input_eig_stderr", pa.float64()),
-            pa.field("weight_fisher", pa.string()),
-            pa.field("weight_trace", pa.float64()),
-            pa.field("weight_trace_stderr", pa.float64()),
-            pa.field("weight_trace_per_layer", pa.map_(pa.string(), pa.float64())),
-            pa.field("wall_time_s", pa.float64()),
-            pa.field("mlflow_run_id", pa.string()),
-        ]
-    ),
-    "robustness": pa.schema(
-        [
-            *_GRID_COLUMNS,
-            pa.field("eval_eps", pa.float64()),
-            pa.field("eval_attack", pa.string()),
-            pa.field("n_samples", pa.int64()),
-            pa.field("clean_acc", pa.float64()),
-            pa.field("robust_acc", pa.float64()),
-            pa.field("wall_time_s", pa.float64()),
-            pa.field("mlflow_run_id", pa.string()),
-        ]
-    ),
-    "inversion": pa.schema(
-        [
-            *_GRID_COLUMNS,
-            pa.field("variant", pa.string()),
-            pa.field("n_images", pa.int64()),
-            pa.field("steps", pa.int64()),
-            pa.field("step_size", pa.float64()),
-            pa.field("tv_weight", pa.float64()),
-            pa.field("fisher_weight", pa.float64()),
-            pa.field("psnr", pa.float64()),
-            pa.field("ssim", pa.float64()),
-            pa.field("relative_error", pa.float64()),
-            pa.field("grid_path", pa.string()),
-            pa.field("wall_time_s", pa.float64()),
-            pa.field("mlflow_run_id", pa.string()),
-        ]
-    ),
 }
-
-KEYS: dict[str, tuple[str, ...]] = {
+_CORE_KEYS: dict[str, tuple[str, ...]] = {
     "trials": ("trial_key",),
     "epochs": ("trial_key", "epoch"),
-    "transfer": ("eval_key",),
-    "fisher": ("eval_key",),
-    "robustness": ("eval_key",),
-    "inversion": ("eval_key",),
 }
+
+
+class _Tables(Mapping[str, Any]):
+    """A live view of every table: trials and epochs, then the evaluation tables declared in
+    study/evaluations.py (a table declared later, by a new evaluation kind, appears here too)."""
+
+    def __init__(self, core: Mapping[str, Any], of_eval: Callable[[EvalTable], Any]) -> None:
+        self._core, self._of_eval = core, of_eval
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._core:
+            return self._core[name]
+        if name in EVAL_TABLES:
+            return self._of_eval(EVAL_TABLES[name])
+        raise KeyError(f"unknown table {name!r}: choose one of {', '.join(self)}")
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._core
+        yield from EVAL_TABLES
+
+    def __len__(self) -> int:
+        return len(self._core) + len(EVAL_TABLES)
+
+
+SCHEMAS: Mapping[str, pa.Schema] = _Tables(_CORE_SCHEMAS, lambda t: t.schema)
+KEYS: Mapping[str, tuple[str, ...]] = _Tables(_CORE_KEYS, lambda t: t.key)
 
 
 def schema_with_metadata(table: str) -> pa.Schema:
@@ -264,18 +204,22 @@ class ParquetSink:
         self._keys: dict[str, set[tuple[Any, ...]]] = {}
         self.seconds = 0.0  # wall time spent writing parts (append)
         for table in SCHEMAS:
+            self._keys_of(table)
+
+    def _keys_of(self, table: str) -> set[tuple[Any, ...]]:
+        """The keys in a table, read once (a table declared after the sink opened: on first
+        use). A table with no part gets an empty one, so that readers find its schema."""
+        if table not in self._keys:
             folder = storage.join(self.tables_dir, table)
             if not part_files(folder):
                 write_part_atomically(folder, schema_with_metadata(table).empty_table())
             existing = read_table(folder, table).select(list(KEYS[table])).to_pylist()
             self._keys[table] = {tuple(r[k] for k in KEYS[table]) for r in existing}
+        return self._keys[table]
 
     def has(self, table: str, *key: Any) -> bool:
         """Whether a row with this key is already in the table."""
-        return tuple(key) in self._keys[table]
-
-    def keys(self, table: str) -> set[tuple[Any, ...]]:
-        return set(self._keys[table])
+        return tuple(key) in self._keys_of(table)
 
     def append(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
         """Append the rows whose key is new, as one atomically written part; returns how many."""
@@ -288,9 +232,10 @@ class ParquetSink:
     def _append(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
         fresh: list[Mapping[str, Any]] = []
         fresh_keys: set[tuple[Any, ...]] = set()
+        known = self._keys_of(table)
         for row in rows:
             key = tuple(row[k] for k in KEYS[table])
-            if key not in self._keys[table] and key not in fresh_keys:
+            if key not in known and key not in fresh_keys:
                 fresh_keys.add(key)
                 fresh.append(row)
         if fresh:
@@ -302,5 +247,5 @@ class ParquetSink:
                 storage.join(self.tables_dir, table),
                 pa.Table.from_pylist(list(fresh), schema=schema),
             )
-            self._keys[table] |= fresh_keys
+            known |= fresh_keys
         return len(fresh)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,12 @@ from trainables.config import (
     AttackConfig,
     DataConfig,
     DatasetRef,
+    EvalTask,
     OptimConfig,
     ProbeConfig,
     TrainConfig,
-    to_canonical,
 )
-from trainables.evals import EvalTask
+from trainables.payload import PAYLOAD_KEY, TrialPayload
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +40,7 @@ def test_tune_trial_reports_each_epoch_and_checkpoints(ray_local: None, tmp_path
     )
     tuner = tune.Tuner(
         tune.with_resources(train_trial, {"cpu": 1}),
-        param_space={"train": {"trial_key": cfg.key, "config": to_canonical(asdict(cfg))}},
+        param_space={PAYLOAD_KEY: TrialPayload(cfg).to_tune()},
         run_config=tune.RunConfig(name="one", storage_path=str(tmp_path), verbose=0),
     )
     results = tuner.fit()

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
 import json, os, time
 import ray
-from study.runner import configure_tune_environment
+from study.launcher import configure_tune_environment
 
 @ray.remote(num_cpus=1)
 def pid() -> int:

@@ -21,16 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from trainables.catalog import DatasetInfo, get_dataset_info, register_dataset_info
-from trainables.config import DataConfig, DatasetRef
-
-
-@dataclass(frozen=True)
-class LoadRequest:
-    """Where to look for a dataset and whether torchvision may download it."""
-
-    root: str | None = None
-    download: bool = False
-
+from trainables.config import DataConfig, DatasetRef, LoadRequest
 
 DEFAULT_LOAD = LoadRequest()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, KeysView
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,15 +25,17 @@ from trainables.checkpoint import load_checkpoint
 from trainables.config import (
     DataConfig,
     DatasetRef,
+    EvalTask,
     FinetuneConfig,
     FisherConfig,
     InversionConfig,
     InversionRequest,
+    LoadRequest,
     ProbeConfig,
     RobustnessConfig,
     TrainConfig,
 )
-from trainables.data import DEFAULT_LOAD, LoadRequest, SubsetImageSet, build_dataset
+from trainables.data import DEFAULT_LOAD, SubsetImageSet, build_dataset
 from trainables.evals.finetune import run_finetune
 from trainables.evals.fisher import (
     compute_input_fisher,
@@ -261,25 +262,6 @@ def evaluate_finetune(
     model = load_trained_model(cfg, checkpoint_dir, device)
     splits = build_dataset(target, data, load.root, load.download)
     return run_finetune(model, splits, finetune, source_format(cfg))
-
-
-@dataclass(frozen=True)
-class EvalTask:
-    """One evaluation to run: what kind, on which trained network (checkpoint), with what.
-
-    settings is the kind's frozen config: ProbeConfig (transfer, random_init, raw_pixels),
-    FinetuneConfig, FisherConfig, RobustnessConfig or InversionRequest, or a registered kind's.
-    """
-
-    kind: str
-    eval_key: str
-    data: DataConfig
-    settings: object
-    train: TrainConfig | None = None
-    checkpoint: str | None = None
-    target: DatasetRef | None = None
-    artifact_path: str | None = None
-    load: LoadRequest = field(default_factory=LoadRequest)
 
 
 Evaluator = Callable[[EvalTask, Device], dict[str, Any]]

@@ -11,7 +11,7 @@ import yaml
 
 from study.cli import main
 from study.spec import load_spec, objective_metric
-from trainables.config import apply_search_params
+from trainables.payload import apply_search_params
 
 pytestmark = pytest.mark.unit
 

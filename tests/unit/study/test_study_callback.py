@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from study.runner import Study, StudyCallback
+from study.runner import Study
 from study.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -28,14 +28,14 @@ def test_the_callback_pickles_without_its_study_after_print_is_patched(
     spec["output"] = {"results_dir": str(tmp_path / "results")}
     (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(spec))
     study = Study(load_spec(tmp_path / "smoke.yaml"))  # its printer: the builtin print
-    callback = StudyCallback(study)
+    callback = study.callback()
     # What ray._private.worker does when the first worker log lines reach the driver (a
     # test that ran Ray in this process may have done it already).
     monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: None)
     with pytest.raises(Exception, match="print"):
         cloudpickle.dumps(study)  # the study itself no longer pickles ...
     restored = cloudpickle.loads(cloudpickle.dumps(callback))  # ... its callback does
-    assert restored.study is None and restored.configs == {}
+    assert restored.recorder is None and restored.queue is None and restored.configs == {}
     assert type(restored).__name__ == type(callback).__name__
 
 

@@ -17,6 +17,7 @@ from trainables.config import (
     AttackConfig,
     DataConfig,
     DatasetRef,
+    EvalTask,
     FinetuneConfig,
     FisherConfig,
     InversionConfig,
@@ -26,7 +27,7 @@ from trainables.config import (
     TrainConfig,
 )
 from trainables.data import build_dataset
-from trainables.evals import EVAL_KINDS, EvalTask, register_evaluator, run_evaluation
+from trainables.evals import EVAL_KINDS, register_evaluator, run_evaluation
 from trainables.training import run_training
 
 pytestmark = pytest.mark.unit
