@@ -71,7 +71,7 @@ def start_ray(spec: SweepSpec, address: str | None) -> bool:
         return False
     if address is None:
         check_cluster_fits(spec, None)
-    ray.init(address=address, include_dashboard=False, logging_level="ERROR")
+    ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR)
     if address is not None:
         check_cluster_fits(spec, address)
     # The ResultGrid looks for Tune's own result files, which the sinks replace.
@@ -102,7 +102,7 @@ def describe_trial_error(trial: Any) -> str:
 def _make_callback_class() -> type:
     from ray import tune
 
-    class _StudyCallback(tune.Callback):  # type: ignore[misc]
+    class _StudyCallback(tune.Callback):
         """Tune's driver-side hooks, forwarded to the recorder and the evaluation queue."""
 
         def __init__(
@@ -122,34 +122,44 @@ def _make_callback_class() -> type:
             # fail at random.
             return (type(self), (None, None, None))
 
+        def _parts(self) -> tuple[Recorder, EvalQueue, EvaluationsOf]:
+            if self.recorder is None or self.queue is None or self.evaluations_of is None:
+                raise RuntimeError(
+                    "this study callback was unpickled without its recorder and queue: a study "
+                    "resumes by running `study run` again, not through Tune's restore"
+                )
+            return self.recorder, self.queue, self.evaluations_of
+
         def _cfg(self, trial: Any) -> TrainConfig:
             if trial.trial_id not in self.configs:
                 self.configs[trial.trial_id] = trial_config(trial.config)
             return self.configs[trial.trial_id]
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.recorder.trial_run(self._cfg(trial))
+            self._parts()[0].trial_run(self._cfg(trial))
 
         def on_trial_result(
             self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
         ) -> None:
-            self.recorder.record_epoch(self._cfg(trial), result)
+            self._parts()[0].record_epoch(self._cfg(trial), result)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             checkpoint = None
             if trial.checkpoint is not None:
                 checkpoint = storage.to_location(trial.checkpoint.filesystem, trial.checkpoint.path)
+            recorder, queue, evaluations_of = self._parts()
             cfg = self._cfg(trial)
-            run_id = self.recorder.record_trial_done(cfg, checkpoint)
+            run_id = recorder.record_trial_done(cfg, checkpoint)
             if run_id is not None and checkpoint is not None:
-                self.queue.submit(self.evaluations_of(cfg, checkpoint, run_id))
+                queue.submit(evaluations_of(cfg, checkpoint, run_id))
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.recorder.record_trial_failure(self._cfg(trial), describe_trial_error(trial))
+            self._parts()[0].record_trial_failure(self._cfg(trial), describe_trial_error(trial))
 
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-            self.recorder.record_evaluations(self.queue.harvest(timeout=0.0))
-            self.recorder.flush_if_due()
+            recorder, queue, _ = self._parts()
+            recorder.record_evaluations(queue.harvest(timeout=0.0))
+            recorder.flush_if_due()
 
     return _StudyCallback
 
