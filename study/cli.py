@@ -12,12 +12,14 @@ import math
 import shlex
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from study.spec import SpecError, SweepSpec, load_spec
 from trainables import storage
 from trainables.catalog import DataMissingError
+from trainables.config import LoadRequest, TrainConfig
 
 
 def _print_search(spec: SweepSpec) -> None:
@@ -29,6 +31,7 @@ def _print_search(spec: SweepSpec) -> None:
     print(f"sampler: {se.sampler_class()} (seed {se.sampler_seed}); objectives: {objectives}")
     print(f"space: {space}; source {se.source.to_ref().id}, seed {se.seed}")
     print(f"early stopping: {se.early_stopping.method}; Optuna storage: {spec.optuna_storage()}")
+    _print_evaluations(spec, spec.base_config())
     print(f"results: {spec.results_dir()}   MLflow: {spec.tracking_uri()}")
 
 
@@ -46,10 +49,24 @@ def _print_trials(spec: SweepSpec) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     for row in [headers, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    targets = ", ".join(t.id for t in spec.transfer_targets()) or "none"
-    fisher = "on" if spec.evaluations.fisher.enabled else "off"
-    print(f"evaluations per trial: transfer to {targets}; Fisher {fisher}")
+    _print_evaluations(spec, configs[0])
     print(f"results: {spec.results_dir()}   MLflow: {spec.tracking_uri()}")
+
+
+def _print_evaluations(spec: SweepSpec, cfg: TrainConfig) -> None:
+    """How many evaluations of each kind a trained network gets, and the study's baselines."""
+    from study.evaluations import EVALUATIONS
+    from study.plan import plan_baselines, plan_trial_evaluations
+
+    load = LoadRequest()
+    for title, planned in (
+        ("evaluations of each trained network:", plan_trial_evaluations(spec, cfg, "", "", load)),
+        ("evaluations once per study:", plan_baselines(spec, load)),
+    ):
+        counts = Counter(p.task.kind for p in planned)
+        print(f"{title} {'none' if not counts else ''}".rstrip())
+        for kind, n in counts.items():
+            print(f"  {kind:<12} {n:>3}  {EVALUATIONS[kind].description}")
 
 
 def check_cluster(spec: SweepSpec, cluster: str | None) -> None:
@@ -241,13 +258,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_input_error(exc: BaseException) -> bool:
+    """An error in what the user gave (spec, data, tables), whose message says the fix: printed
+    as one line. The table errors are looked up only where their modules were loaded."""
+    kinds: list[type[BaseException]] = [SpecError, DataMissingError]
+    for module, name in (
+        ("analysis.tables", "SchemaVersionError"),
+        ("study.sinks.parquet", "SchemaConflictError"),
+    ):
+        if module in sys.modules:
+            kinds.append(getattr(sys.modules[module], name))
+    return isinstance(exc, tuple(kinds))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (SpecError, DataMissingError) as exc:
-        if args.debug:
+    except Exception as exc:
+        if args.debug or not is_input_error(exc):
             raise
         print(f"study: {exc}", file=sys.stderr)
         return 2

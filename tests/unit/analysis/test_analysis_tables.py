@@ -86,3 +86,20 @@ def test_parts_from_older_schemas_still_read(tmp_path: Path) -> None:
     assert list(old["row_kind"]) == ["trained", "trained", "raw pixels"]
     assert all(pd.isna(a) or a == "" for a in old["attack"])
     assert "cifar100" in format_tradeoff(old)
+
+
+def test_study_report_on_a_newer_schema_exits_2_with_one_line_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from study.cli import main
+
+    study(tmp_path)
+    path = tmp_path / "tables" / "transfer" / "part-9.parquet"
+    table = pa.table({"eval_key": ["x"]}).replace_schema_metadata(
+        {"atsweep.schema_version": str(KNOWN_SCHEMA_VERSION + 1)}
+    )
+    pq.write_table(table, path)
+    assert main(["report", str(tmp_path), "--no-mlflow", "--out", str(tmp_path / "r")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert str(path) in err and "update atsweep" in err
