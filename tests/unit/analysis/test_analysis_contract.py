@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from analysis import figures, stats, tables
+from study.evaluations import EVAL_TABLES
 from study.sinks.parquet import SCHEMA_VERSION, SCHEMAS
 
 pytestmark = pytest.mark.unit
@@ -25,6 +26,8 @@ def test_analysis_knows_the_sinks_schema_version() -> None:
 
 
 def test_every_table_analysis_loads_is_a_sink_table() -> None:
+    # The sink writes trials and epochs, and a table per evaluation table of the registry.
+    assert set(SCHEMAS) == {"trials", "epochs", *EVAL_TABLES}
     assert set(stats.COLUMNS_READ) == set(SCHEMAS)
     assert set(tables.TABLES) == set(SCHEMAS)
 
@@ -37,7 +40,7 @@ def test_every_column_analysis_reads_is_declared_in_the_schema(table: str) -> No
 
 def test_the_grid_columns_analysis_groups_by_are_read_from_every_evaluation_table() -> None:
     grouped = {*stats.GRID, *tables.GROUP, *figures.PANEL}
-    for table in ("trials", "transfer", "fisher", "robustness", "inversion"):
+    for table in ("trials", *EVAL_TABLES):
         assert grouped <= set(stats.COLUMNS_READ[table]), table
 
 
