@@ -66,7 +66,8 @@ def plain_loop(spec_path: str, threads: int, out: str) -> None:
 
     from study.plan import plan_baselines, plan_trial_evaluations
     from study.spec import load_spec
-    from trainables.data import LoadRequest, build_dataset
+    from trainables.config import LoadRequest
+    from trainables.data import build_dataset
     from trainables.evals import run_evaluation
     from trainables.training import run_training
 

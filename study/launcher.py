@@ -21,8 +21,7 @@ from study.queue import EvalQueue, PendingEval
 from study.recorder import Recorder
 from study.spec import SweepSpec
 from trainables import storage
-from trainables.config import ArchRef, TrainConfig
-from trainables.data import LoadRequest
+from trainables.config import ArchRef, LoadRequest, TrainConfig
 from trainables.payload import PAYLOAD_KEY, TransferObjective, TrialPayload, trial_config
 
 IDLE_WORKER_KEEP_MS = 3_600_000

@@ -25,8 +25,7 @@ from study.plan import not_cached, plan_baselines, plan_trial_evaluations
 from study.queue import EvalQueue, PendingEval, RayBackend
 from study.recorder import Recorder, StudySummary
 from study.spec import SpecError, SweepSpec
-from trainables.config import TrainConfig, train_config_from_dict
-from trainables.data import LoadRequest
+from trainables.config import LoadRequest, TrainConfig, train_config_from_dict
 
 Printer = Callable[[str], None]
 

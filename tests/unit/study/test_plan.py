@@ -11,7 +11,7 @@ from study.evaluations import EVALUATIONS
 from study.plan import describe_trial, not_cached, plan_baselines, plan_trial_evaluations
 from study.spec import load_spec
 from tests.conftest import ROOT
-from trainables.data import LoadRequest
+from trainables.config import LoadRequest
 
 pytestmark = pytest.mark.unit
 

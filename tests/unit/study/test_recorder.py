@@ -21,7 +21,7 @@ from study.sinks.parquet import read_table
 from study.spec import SweepSpec, load_spec
 from tests.conftest import ROOT
 from trainables import storage
-from trainables.data import LoadRequest
+from trainables.config import LoadRequest
 
 pytestmark = pytest.mark.unit
 
