@@ -90,6 +90,27 @@ def digits_config() -> Callable[..., TrainConfig]:
     return make_digits_config
 
 
+def write_smoke_spec(folder: Path, edit: Callable[[dict[str, Any]], None] | None = None) -> Any:
+    """sweeps/smoke.yaml with its results in folder/results (and edit applied to the raw YAML),
+    written to folder/smoke.yaml and loaded: the SweepSpec."""
+    import yaml
+
+    from study.spec import load_spec
+
+    raw = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
+    raw["output"] = {"results_dir": str(folder / "results")}
+    if edit is not None:
+        edit(raw)
+    (folder / "smoke.yaml").write_text(yaml.safe_dump(raw))
+    return load_spec(folder / "smoke.yaml")
+
+
+@pytest.fixture
+def smoke_spec(tmp_path: Path) -> Any:
+    """The smoke study's spec, its results in tmp_path (nothing run)."""
+    return write_smoke_spec(tmp_path)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,7 +9,6 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-import yaml
 
 from study import evaluations as registry
 from study.evaluations import (
@@ -26,9 +25,9 @@ from study.plan import plan_trial_evaluations
 from study.queue import EvalQueue, PendingEval
 from study.recorder import Recorder
 from study.sinks.parquet import SCHEMAS, read_table
-from study.spec import SweepSpec, load_spec
+from study.spec import SweepSpec
 from study.status import format_status, study_status
-from tests.conftest import ROOT
+from tests.conftest import write_smoke_spec
 from trainables import evals, storage
 from trainables.config import EvalTask, LoadRequest, TrainConfig, compute_key
 from trainables.evals import register_evaluator, run_evaluation
@@ -111,15 +110,16 @@ def width_kind() -> Iterator[None]:
         live.update(before)  # type: ignore[attr-defined]
 
 
-@pytest.fixture
-def spec(tmp_path: Path) -> SweepSpec:
-    raw = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
-    raw["output"] = {"results_dir": str(tmp_path / "results")}
+def only_the_new_kind(raw: dict[str, Any]) -> None:
     for name in ("fisher", "robustness", "inversion"):
         raw["evaluations"][name]["enabled"] = False
     raw["evaluations"]["transfer"]["targets"] = []
-    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(raw))
-    return load_spec(tmp_path / "smoke.yaml")
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> SweepSpec:
+    spec: SweepSpec = write_smoke_spec(tmp_path, only_the_new_kind)
+    return spec
 
 
 def test_a_new_kind_is_planned_run_recorded_and_counted(width_kind: None, spec: SweepSpec) -> None:

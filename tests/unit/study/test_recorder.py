@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from study.plan import describe_trial, plan_trial_evaluations
@@ -18,8 +17,7 @@ from study.queue import Finished, PendingEval
 from study.recorder import Recorder
 from study.sinks.mlflow import ERROR_TAG, EVAL_KEY_TAG, KEY_TAG, TRIAL_KEY_TAG
 from study.sinks.parquet import read_table
-from study.spec import SweepSpec, load_spec
-from tests.conftest import ROOT
+from study.spec import SweepSpec
 from trainables import storage
 from trainables.config import LoadRequest
 
@@ -38,11 +36,8 @@ PROBE_RESULT = {
 
 
 @pytest.fixture
-def spec(tmp_path: Path) -> SweepSpec:
-    raw = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
-    raw["output"] = {"results_dir": str(tmp_path / "results")}
-    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(raw))
-    return load_spec(tmp_path / "smoke.yaml")
+def spec(smoke_spec: SweepSpec) -> SweepSpec:
+    return smoke_spec
 
 
 def runs(spec: SweepSpec) -> dict[str, Any]:

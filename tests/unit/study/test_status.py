@@ -5,24 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from study.recorder import Recorder
 from study.sinks.parquet import ParquetSink
-from study.spec import SweepSpec, load_spec
+from study.spec import SweepSpec
 from study.status import format_status, study_status
-from tests.conftest import ROOT
 from trainables import storage
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
-def spec(tmp_path: Path) -> SweepSpec:
-    raw = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
-    raw["output"] = {"results_dir": str(tmp_path / "results")}
-    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(raw))
-    return load_spec(tmp_path / "smoke.yaml")
+def spec(smoke_spec: SweepSpec) -> SweepSpec:
+    return smoke_spec
 
 
 def test_a_study_never_run_has_nothing_done_and_no_mlflow_store_is_created(
