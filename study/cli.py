@@ -66,7 +66,8 @@ def _print_evaluations(spec: SweepSpec, cfg: TrainConfig) -> None:
         counts = Counter(p.task.kind for p in planned)
         print(f"{title} {'none' if not counts else ''}".rstrip())
         for kind, n in counts.items():
-            print(f"  {kind:<12} {n:>3}  {EVALUATIONS[kind].description}")
+            entry = EVALUATIONS[kind]
+            print(f"  {kind:<12} {n:>3}  {entry.section:<33} {entry.description}")
 
 
 def check_cluster(spec: SweepSpec, cluster: str | None) -> None:
