@@ -289,7 +289,8 @@ def from_canonical(tp: Any, value: Any) -> Any:
     import typing
 
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+    # isinstance(tp, type): is_dataclass is also true of an instance; tp here is always a class.
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type) and isinstance(value, dict):
         hints = typing.get_type_hints(tp)
         return tp(**{k: from_canonical(hints[k], v) for k, v in value.items()})
     if origin is tuple and isinstance(value, list):

@@ -89,9 +89,12 @@ def apply_search_params(
         cfg = replace(cfg, norm=str(params["norm"]))
     if "arch" in params:
         cfg = replace(cfg, arch=archs[str(params["arch"])])
-    optim = {k: float(params[k]) for k in ("lr", "weight_decay") if k in params}
-    if optim:
-        cfg = replace(cfg, optim=replace(cfg.optim, **optim))
+    if "lr" in params or "weight_decay" in params:
+        lr = float(params["lr"]) if "lr" in params else cfg.optim.lr
+        weight_decay = (
+            float(params["weight_decay"]) if "weight_decay" in params else cfg.optim.weight_decay
+        )
+        cfg = replace(cfg, optim=replace(cfg.optim, lr=lr, weight_decay=weight_decay))
     return cfg
 
 

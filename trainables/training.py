@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -30,6 +30,8 @@ from trainables.data import ImageSet, Splits, augment_batch, random_resized_crop
 from trainables.models import Classifier, ModelInput, build_model
 
 AUGMENTATIONS = ("none", "flip", "crop_flip", "resized_crop_flip")
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class Reporter(Protocol):
@@ -127,7 +129,7 @@ class DeviceSetup:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def prepare_model(self, model: nn.Module) -> nn.Module:
+    def prepare_model(self, model: ModuleT) -> ModuleT:
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
@@ -284,6 +286,8 @@ def run_training(
                     loss.backward()
                     optimizer.step()
                     with torch.no_grad():
+                        # loss.backward() through model(xb + delta) has just set delta.grad.
+                        assert delta.grad is not None
                         delta = threat.project(
                             threat.step(delta, delta.grad, cfg.attack.alpha(cfg.eps)), cfg.eps
                         )

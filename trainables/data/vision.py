@@ -27,13 +27,14 @@ Each loader here is attached to its dataset's entry in trainables.catalog.BUILTI
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -47,6 +48,9 @@ from trainables.catalog import (
 )
 from trainables.data import ImageSet, LoadRequest, TensorImageSet, register_dataset
 from trainables.lazy import LazyModule
+
+if TYPE_CHECKING:  # for annotations: mypy cannot see torchvision's classes through a LazyModule
+    from torchvision.datasets import ImageFolder
 
 # torchvision is imported when a dataset of it is first loaded, not when this module is.
 tvd = LazyModule("torchvision.datasets")
@@ -271,15 +275,13 @@ def _register(
 def _cifar(name: str, class_name: str, files: _Files) -> Callable[[LoadRequest], Any]:
     def load(request: LoadRequest) -> tuple[ImageSet, ImageSet]:
         root = files.check(name, request)
+
+        def make(train: bool) -> Any:
+            return getattr(tvd, class_name)(str(root), train=train, download=request.download)
+
         sets = []
         for train in (True, False):
-            ds = _construct(
-                name,
-                root,
-                lambda t=train: getattr(tvd, class_name)(
-                    str(root), train=t, download=request.download
-                ),
-            )
+            ds = _construct(name, root, functools.partial(make, train))
             sets.append(TensorImageSet(_nchw(ds.data, "nhwc"), _labels(ds.targets)))
         return sets[0], sets[1]
 
@@ -291,15 +293,13 @@ def _mnist_like(
 ) -> Callable[[LoadRequest], Any]:
     def load(request: LoadRequest) -> tuple[ImageSet, ImageSet]:
         root = root_of(request)
+
+        def make(train: bool) -> Any:
+            return getattr(tvd, class_name)(str(root), train=train, download=request.download)
+
         sets = []
         for train in (True, False):
-            ds = _construct(
-                name,
-                root,
-                lambda t=train: getattr(tvd, class_name)(
-                    str(root), train=t, download=request.download
-                ),
-            )
+            ds = _construct(name, root, functools.partial(make, train))
             sets.append(TensorImageSet(_nchw(ds.data, "nhw"), _labels(ds.targets)))
         return sets[0], sets[1]
 
@@ -319,7 +319,7 @@ def _split_loader(
         root = files.check(name, request)
         sets: list[ImageSet] = []
         for split in splits:
-            ds = _construct(name, root, lambda s=split: make(root, s, request.download))
+            ds = _construct(name, root, functools.partial(make, root, split, request.download))
             if in_memory:
                 sets.append(TensorImageSet(_nchw(ds.data, "nchw"), _labels(ds.labels)))
             else:
@@ -494,9 +494,13 @@ def _check_imagenet(request: LoadRequest) -> Path:
 def _load_imagenet(request: LoadRequest) -> tuple[ImageSet, ImageSet]:
     folder = _check_imagenet(request)
     info = BUILTIN_DATASETS["imagenet"]
+
+    def make(split: str) -> Any:
+        return tvd.ImageNet(str(folder), split=split)
+
     sets = [
         TorchvisionImageSet(
-            _construct("imagenet", folder, lambda s=split: tvd.ImageNet(str(folder), split=s)),
+            _construct("imagenet", folder, functools.partial(make, split)),
             info.size,
             info.channels,
         )
@@ -661,7 +665,7 @@ def _register_folder(info: DatasetInfo, path: str | Path, require_split: bool) -
             )
         return base
 
-    def folder(directory: Path) -> tvd.ImageFolder:
+    def folder(directory: Path) -> ImageFolder:
         ds = _construct(info.name, directory, lambda: tvd.ImageFolder(str(directory)))
         if len(ds.classes) != info.num_classes:
             raise ValueError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,9 +19,12 @@ from torch.nn import functional as F
 from trainables.config import FinetuneConfig
 from trainables.data import Splits, adapt_images
 
+if TYPE_CHECKING:  # annotations only: importing this module loads no model code
+    from trainables.models import Classifier
+
 
 def run_finetune(
-    model: nn.Module,
+    model: Classifier,
     target: Splits,
     cfg: FinetuneConfig,
     input_format: tuple[int, int] | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 from torch.nn import functional as F
 
 from trainables.config import FISHER_METHODS, WEIGHT_FISHER_TYPES
+
+if TYPE_CHECKING:  # annotations only: importing this module loads no model code
+    from trainables.models import Classifier
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,8 @@ def input_fisher_trace_hutchinson(
     total = torch.zeros(len(x), device=x.device)
     for _ in range(probes):
         v = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        _, jv = jvp(feature_fn, (x,), (v,))
+        # [1], not unpacking: torch.func annotates jvp's result as a 2- or 3-tuple (has_aux).
+        jv: torch.Tensor = jvp(feature_fn, (x,), (v,))[1]
         total += jv.flatten(1).pow(2).sum(1)
     return total / probes / sigma**2
 
@@ -82,10 +87,11 @@ def input_fisher_top_eigenvalue(
     """
     v = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     v = v / v.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
-    _, pullback = vjp(feature_fn, x)
+    # [1], not unpacking: torch.func annotates vjp's result as a 2- or 3-tuple (has_aux).
+    pullback: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] = vjp(feature_fn, x)[1]
     eig = torch.zeros(len(x), device=x.device, dtype=x.dtype)
     for _ in range(max(iters, 1)):
-        _, u = jvp(feature_fn, (x,), (v,))
+        u: torch.Tensor = jvp(feature_fn, (x,), (v,))[1]
         eig = u.flatten(1).pow(2).sum(1)
         (w,) = pullback(u)
         norm = w.flatten(1).norm(dim=1).clamp_min(1e-30)
@@ -94,12 +100,12 @@ def input_fisher_top_eigenvalue(
 
 
 def representation_fn(
-    model: nn.Module, layer: str | None = None
+    model: Classifier, layer: str | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The representation whose Fisher is measured: model.features (penultimate) by default, or
     the flattened output of any named submodule (e.g. 'body.layer3')."""
     if layer is None or layer in ("", "penultimate"):
-        return model.features  # type: ignore[no-any-return, operator]
+        return model.features
     modules = dict(model.named_modules())
     if layer not in modules:
         choices = ", ".join(name for name in modules if name)
@@ -119,7 +125,7 @@ def representation_fn(
 
 
 def compute_input_fisher(
-    model: nn.Module,
+    model: Classifier,
     x: torch.Tensor,
     *,
     method: str,
@@ -145,7 +151,7 @@ def compute_input_fisher(
 
 
 def compute_input_fisher_eigenvalue(
-    model: nn.Module,
+    model: Classifier,
     x: torch.Tensor,
     *,
     iters: int,

@@ -62,7 +62,8 @@ def invert_representation(
             objective = objective + cfg.tv_weight * total_variation(x)
         if cfg.fisher_weight > 0:
             v = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-            _, jv = jvp(feature_fn, (x,), (v,))
+            # [1], not unpacking: torch.func annotates jvp's result as a 2- or 3-tuple (has_aux).
+            jv: torch.Tensor = jvp(feature_fn, (x,), (v,))[1]
             objective = objective + cfg.fisher_weight * jv.flatten(1).pow(2).sum(1)
         (g,) = torch.autograd.grad(objective.sum(), [x])
         with torch.no_grad():

@@ -11,14 +11,17 @@ baselines that keep the number honest.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
 from trainables.config import ProbeConfig
 from trainables.data import ImageSet, Splits, adapt_images, iterate_batches, split_stratified
 from trainables.evals.probe import LinearProbe, fit_linear_probe, standardise
+
+if TYPE_CHECKING:  # annotations only: importing this module loads no model code
+    from trainables.models import Classifier
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class ProbeResult:
 
 
 def extract_features(
-    model: nn.Module,
+    model: Classifier,
     images: ImageSet | torch.Tensor,
     input_format: tuple[int, int] | None = None,
     batch_size: int = 256,
@@ -119,7 +122,7 @@ def fit_probe(
 
 
 def run_transfer(
-    model: nn.Module,
+    model: Classifier,
     target: Splits,
     cfg: ProbeConfig,
     seed: int = 0,

@@ -29,13 +29,13 @@ def torchvision_body(name: str, inputs: ModelInput) -> tuple[nn.Module, int]:
         net.conv1 = nn.Conv2d(
             inputs.channels,
             old.out_channels,
-            kernel_size=old.kernel_size,  # type: ignore[arg-type]
-            stride=old.stride,  # type: ignore[arg-type]
-            padding=old.padding,  # type: ignore[arg-type]
+            kernel_size=old.kernel_size,
+            stride=old.stride,
+            padding=old.padding,
             bias=False,
         )
     dim = net.fc.in_features
-    net.fc = nn.Identity()  # type: ignore[assignment]
+    net.fc = nn.Identity()
     return net, dim
 
 

@@ -27,6 +27,10 @@ FAMILIES = ("cifar", "imagenet")
 class Normalize(nn.Module):
     """Per-channel (x - mean) / std, with mean and std as buffers so they move with the model."""
 
+    # register_buffer sets them; declared so that mypy reads them as tensors, not Tensor | Module.
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
