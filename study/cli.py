@@ -47,8 +47,12 @@ def _print_trials(spec: SweepSpec) -> None:
     ]
     headers = ["#", "trial_key", "source", "arch", "norm", "attack", "eps", "seed"]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    for row in [headers, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    # The table in one write (a grid has 10,000 lines; a terminal flushes each print).
+    table = (
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    )
+    sys.stdout.write("\n".join(table) + "\n")
     _print_evaluations(spec, configs[0])
     print(f"results: {spec.results_dir()}   MLflow: {spec.tracking_uri()}")
 

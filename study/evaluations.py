@@ -363,9 +363,17 @@ def plan_random_init(ctx: PlanContext) -> list[PlannedEval]:
     if not transfer.baselines:
         return []
     probe = transfer.to_config()
+    # The grid expanded once, and each (source, arch, seed, data) keyed once per target: the
+    # key reads nothing else of a cell, and a 10,000-cell grid has a few hundred of them.
+    configs = ctx.spec.baseline_configs()
     out: dict[str, PlannedEval] = {}
     for target in ctx.spec.transfer_targets():
-        for cfg in ctx.spec.baseline_configs():
+        seen: set[tuple[object, ...]] = set()
+        for cfg in configs:
+            cell = (cfg.source, cfg.arch, cfg.seed, cfg.data)
+            if cell in seen:
+                continue
+            seen.add(cell)
             key = random_init_key(cfg, target, probe)
             if key in out:
                 continue

@@ -876,21 +876,26 @@ class SweepSpec(StrictModel):
         attacks = [a.to_config() for a in (g.attacks or [self.training.attack])]
         eval_attack = self.training.eval_attack.to_config()
         data = self.data.to_config()
+        # Each axis converted once, not once per cell: the cells share these frozen values.
+        sources = [src.to_ref() for src in g.sources]
+        archs = [arch.to_ref() for arch in g.archs]
+        radii = [float(eps) for eps in g.eps]
+        deterministic = self.training.deterministic
         return [
             TrainConfig(
-                source=src.to_ref(),
-                arch=arch.to_ref(),
+                source=src,
+                arch=arch,
                 norm=norm,
-                eps=float(eps),
+                eps=eps,
                 seed=seed,
                 optim=optim,
                 attack=attack,
                 eval_attack=eval_attack,
                 data=data,
-                deterministic=self.training.deterministic,
+                deterministic=deterministic,
             )
             for src, arch, norm, attack, eps, seed in itertools.product(
-                g.sources, g.archs, g.norms, attacks, g.eps, g.seeds
+                sources, archs, g.norms, attacks, radii, g.seeds
             )
         ]
 

@@ -9,10 +9,12 @@ here too: this module imports no torch, so validating a spec does not pay for im
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import types
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 # Bumped when a change to the code changes results for the same config, so old cache entries
@@ -133,9 +135,18 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     deterministic: bool = False
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
+        """The trial_key: computed once per object (a frozen config never changes), kept in the
+        instance's __dict__ beside the fields, never in asdict, to_canonical, == or a pickle."""
         return compute_key("train", self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickle carries the fields only: the receiving process recomputes the key with its
+        # own code (and KEY_VERSION), and the pickled bytes are those of an uncached config.
+        state = dict(self.__dict__)
+        state.pop("key", None)
+        return state
 
 
 @dataclass(frozen=True)
@@ -258,10 +269,26 @@ class InversionRequest:
     num_images: int = 8
 
 
+@functools.cache
+def _sorted_field_names(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names in sorted order (what asdict's keys sort to)."""
+    return tuple(sorted(f.name for f in dataclasses.fields(cls)))
+
+
+# Values returned as they are (float(x) of a float is x: the integer rule below only turns a
+# float subclass into a float).
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
 def to_canonical(obj: Any) -> Any:
     """A JSON-ready form with sorted keys and tuples as lists, stable across runs."""
-    if hasattr(obj, "__dataclass_fields__"):
-        obj = asdict(obj)
+    tp: type = type(obj)
+    if tp in _LEAVES:
+        return obj  # most of a config's values: answered before the checks below
+    if hasattr(obj, "__dataclass_fields__") and not isinstance(obj, type):
+        # The fields read directly: the same form as to_canonical(asdict(obj)) without
+        # asdict's deep copy of every leaf, which made up most of the time of a key.
+        return {name: to_canonical(getattr(obj, name)) for name in _sorted_field_names(tp)}
     if isinstance(obj, dict):
         return {str(k): to_canonical(v) for k, v in sorted(obj.items())}
     if isinstance(obj, (list, tuple)):
@@ -272,12 +299,15 @@ def to_canonical(obj: Any) -> Any:
     return obj
 
 
+# json.dumps(..., sort_keys=True, separators=(",", ":")) builds an encoder per call; one built
+# once with the same settings writes the same bytes.
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def compute_key(kind: str, *parts: Any) -> str:
     """sha256 (first 16 hex digits) of the canonical JSON of a kind and its config parts."""
-    payload = json.dumps(
-        {"kind": kind, "version": KEY_VERSION, "parts": [to_canonical(p) for p in parts]},
-        sort_keys=True,
-        separators=(",", ":"),
+    payload = _KEY_ENCODER.encode(
+        {"kind": kind, "version": KEY_VERSION, "parts": [to_canonical(p) for p in parts]}
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -285,7 +315,6 @@ def compute_key(kind: str, *parts: Any) -> str:
 def from_canonical(tp: Any, value: Any) -> Any:
     """Rebuild a value of type tp (a dataclass, possibly nested, tuples of them, optionals)
     from its canonical JSON form: the inverse of to_canonical for the configs here."""
-    import dataclasses
     import typing
 
     origin = typing.get_origin(tp)
