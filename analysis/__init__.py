@@ -30,14 +30,22 @@ from analysis.stats import (
     t_quantile,
     welch_diff_ci,
 )
-from analysis.tables import format_tradeoff, load_table, tradeoff_table
+from analysis.tables import (
+    DuplicateRowsWarning,
+    TableChangingError,
+    format_tradeoff,
+    load_table,
+    tradeoff_table,
+)
 
 __all__ = [
     "CLAIMS",
     "COLUMNS_READ",
     "KNOWN_SCHEMA_VERSION",
+    "DuplicateRowsWarning",
     "Report",
     "SchemaVersionError",
+    "TableChangingError",
     "aggregate_seeds",
     "check_claims",
     "format_claims",

@@ -7,7 +7,10 @@ with Welch-Satterthwaite degrees of freedom). scipy.stats is imported inside the
 use it, not with this module: the `study` CLI imports analysis on every run and scipy.stats takes
 about half a second to import.
 
-The tables are read by analysis/tables.py's load_table, which checks each part's schema version.
+The tables are read by analysis/tables.py's load_table, which checks each part's schema version
+and reads each row once: a compaction's replaced parts are skipped, rows whose key repeats are
+left out with a warning. Statistics over seeds (aggregate_seeds, collapse_seeds) average the rows
+of one seed first, so n is the number of distinct seeds.
 """
 
 from __future__ import annotations
@@ -138,11 +141,21 @@ def aggregate_seeds(
 ) -> pd.DataFrame:
     """One row per group of `by`: mean, std (ddof=1), n (seeds) and the t CI of `value`.
 
-    Rows with a NaN value are left out; null group keys form their own group.
+    When df has a "seed" column, the rows of one seed in a group are averaged first, so the
+    statistics are over distinct seeds: n counts seeds, never rows (rows repeated by two drivers
+    writing one study, or several evaluations of one trial, would otherwise pass for seeds, with
+    a std of 0 and a zero-width CI). A null seed counts as one seed, as in collapse_seeds.
+    Without a seed column each row counts as one value. Rows with a NaN value are left out;
+    null group keys form their own group.
     """
     columns = [*by, "mean", "std", "n", "ci_low", "ci_high"]
     if df.empty:
         return pd.DataFrame(columns=columns)
+    if "seed" in df.columns and "seed" not in by:
+        # mean() skips NaN values, and a seed with none left is NaN, which mean_ci drops.
+        # (float first: a column of an older part may be an all-null object column.)
+        per_seed = df[[*by, "seed"]].assign(**{value: df[value].to_numpy(float)})
+        df = per_seed.groupby([*by, "seed"], dropna=False, sort=True)[value].mean().reset_index()
     rows = []
     for key, sub in df.groupby(list(by), dropna=False, sort=True):
         keys = key if isinstance(key, tuple) else (key,)
@@ -170,7 +183,7 @@ def load_tables(results_dir: str | Path) -> dict[str, pd.DataFrame]:
     """Every table of a study, each with the columns analysis reads.
 
     Read by load_table, so a part from a newer schema version raises SchemaVersionError naming
-    the file.
+    the file, and each row is read once (duplicate keys left out with a DuplicateRowsWarning).
     """
     return {name: ensure_columns(load_table(results_dir, name), name) for name in TABLES}
 

@@ -1,8 +1,21 @@
-"""Parquet tables -> pandas DataFrames (schema versions checked) -> the trade-off table of a study.
+"""Parquet tables -> DataFrames (each row once, schema versions checked) -> the trade-off table.
 
-Every read of a table goes through load_table, which refuses a part written by a newer schema
-version than this analysis knows (SchemaVersionError naming the file): stats.load_tables, the
-trade-off table and the CLI's report all read through it.
+Every read of a table goes through load_table: stats.load_tables, the trade-off table and the
+CLI's report all read through it. load_table
+
+- refuses a part written by a newer schema version than this analysis knows (SchemaVersionError
+  naming the file);
+- reads each row once while a compaction runs. A compaction writes one new part whose parquet
+  metadata lists the parts it replaces (REPLACES_KEY), then deletes those; the reader skips
+  every part that a part it read replaces, and lists the folder again when a listed part is gone
+  before it could be read (at most LIST_ATTEMPTS listings, then TableChangingError);
+- drops the rows whose key (KEYS: trial_key; trial_key and epoch; eval_key) repeats an earlier
+  row, keeping the first written (parts in name order, and a part's name starts with the
+  nanosecond timestamp of its writing), with one DuplicateRowsWarning per table read. Such rows
+  come from two drivers writing one study at once, or from an interrupted compaction: every row
+  would otherwise count twice (n = 2 seeds with std 0 for a study of one seed). The reader
+  de-duplicates rather than failing so that a report can still be drawn, and warns so that the
+  tables are repaired where the fault lies (`study compact RESULTS` removes the duplicates).
 
 The trade-off table has one row per (source, arch, norm, attack, eps) with, over seeds, the mean and
 standard deviation of source clean and PGD accuracy, linear transfer accuracy per target and the
@@ -12,8 +25,11 @@ raw-pixel baselines of every target (PAPER.md section 3).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -23,14 +39,42 @@ import pyarrow.parquet as pq
 TABLES = ("trials", "epochs", "transfer", "fisher", "robustness", "inversion")
 GROUP = ["source", "arch", "norm", "attack", "eps"]
 
+# The key of each table: a row whose key repeats an earlier one is a duplicate. The same keys as
+# study/sinks/parquet.py's KEYS (the contract test keeps them equal); declared here because
+# analysis/ never imports study.
+KEYS: dict[str, tuple[str, ...]] = {
+    "trials": ("trial_key",),
+    "epochs": ("trial_key", "epoch"),
+    "transfer": ("eval_key",),
+    "fisher": ("eval_key",),
+    "robustness": ("eval_key",),
+    "inversion": ("eval_key",),
+}
+
 # The schema version of study/sinks/parquet.py this analysis was written against; the contract
 # test tests/unit/analysis/test_analysis_contract.py keeps the two equal.
 KNOWN_SCHEMA_VERSION = 3
 VERSION_KEY = b"atsweep.schema_version"
+# study/sinks/parquet.py writes this key into the parquet key-value metadata of a compacted part:
+# a JSON list of the base names of the parts whose rows it holds (and which it then deletes).
+REPLACES_KEY = b"atsweep.replaces"
+# How many times a reader lists a table's folder when parts vanish under it (a compaction
+# deleting the parts it replaced); one compaction costs at most one more listing.
+LIST_ATTEMPTS = 5
+
+Part = TypeVar("Part", pa.Table, pa.Schema)
 
 
 class SchemaVersionError(ValueError):
     """A part written by a newer schema than this analysis knows."""
+
+
+class TableChangingError(RuntimeError):
+    """Parts of a table vanished while it was read, on every one of LIST_ATTEMPTS listings."""
+
+
+class DuplicateRowsWarning(UserWarning):
+    """Rows of a table whose key repeats an earlier row; load_table left them out."""
 
 
 def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
@@ -63,6 +107,32 @@ def _part_version(path: str, metadata: Mapping[bytes, bytes] | None) -> int:
     return version
 
 
+def _base_name(path: str) -> str:
+    """The file name of a pyarrow path (pyarrow's filesystems separate with "/")."""
+    return path.rsplit("/", 1)[-1]
+
+
+def _replaced_parts(path: str, metadata: Mapping[bytes, bytes] | None) -> set[str]:
+    """The base names of the parts a compacted part replaces (none for an ordinary part).
+
+    Raises SchemaVersionError naming the file when REPLACES_KEY is not a JSON list of names.
+    """
+    raw = (metadata or {}).get(REPLACES_KEY)
+    if raw is None:
+        return set()
+    try:
+        names = json.loads(raw.decode())
+    except (UnicodeDecodeError, ValueError):
+        names = None  # reported below, with the other malformed values
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SchemaVersionError(
+            f"{path}: {REPLACES_KEY.decode()} is {raw[:80]!r}, not a JSON list of part names: "
+            "the file was not written by atsweep's parquet sink; move it out of the table folder"
+        )
+    # A part never replaces itself: that would hide its own rows.
+    return set(names) - {_base_name(path)}
+
+
 def _part_paths(fs: pafs.FileSystem, root: str, name: str) -> list[str]:
     """The part files of table `name` under root/tables, sorted (none when the folder is absent)."""
     selector = pafs.FileSelector(f"{root}/tables/{name}", allow_not_found=True)
@@ -73,28 +143,124 @@ def _part_paths(fs: pafs.FileSystem, root: str, name: str) -> list[str]:
     )
 
 
+def _read_part(fs: pafs.FileSystem, path: str) -> pa.Table:
+    """One part file, whole (its schema's metadata holds the version and what it replaces)."""
+    return pq.read_table(path, filesystem=fs)
+
+
+def _read_footer(fs: pafs.FileSystem, path: str) -> pa.Schema:
+    """The schema of one part file, from its footer alone."""
+    return pq.read_schema(path, filesystem=fs)
+
+
+def _vanished(fs: pafs.FileSystem, path: str, exc: OSError) -> bool:
+    """Whether exc, raised reading path, means the file is gone (a compaction deleted it).
+
+    Local filesystems raise FileNotFoundError; an object store may raise a plain OSError (S3
+    answers 403 rather than 404 for a missing object without list permission), so that case is
+    told apart from a real I/O error by asking whether the path still exists.
+    """
+    if isinstance(exc, FileNotFoundError):
+        return True
+    return bool(fs.get_file_info(path).type == pafs.FileType.NotFound)
+
+
+def _read_parts(
+    fs: pafs.FileSystem,
+    root: str,
+    name: str,
+    read: Callable[[pafs.FileSystem, str], Part],
+    metadata_of: Callable[[Part], Mapping[bytes, bytes] | None],
+) -> list[tuple[str, Part]]:
+    """(path, what `read` returned) for each part of a table that no other part replaces.
+
+    Every part read has its schema version checked. The rows of the parts returned are those of
+    one consistent state of the folder: a part replaced by a part that was read is skipped, and a
+    part gone before it could be read is harmless when a part read replaces it; otherwise the
+    folder changed under the reader (a compaction wrote its part after the listing) and it is
+    listed again, at most LIST_ATTEMPTS times before TableChangingError.
+    """
+    gone: list[str] = []
+    for _ in range(LIST_ATTEMPTS):
+        parts: list[tuple[str, Part]] = []
+        gone = []
+        for path in _part_paths(fs, root, name):
+            try:
+                part = read(fs, path)
+            except OSError as exc:
+                if not _vanished(fs, path, exc):
+                    raise
+                gone.append(_base_name(path))
+                continue
+            metadata = metadata_of(part)
+            # The version is checked on what was just read (the footer's metadata), so the
+            # check costs no second read of the file, and before parts are combined.
+            _part_version(path, metadata)
+            parts.append((path, part))
+        replaced = set().union(*(_replaced_parts(p, metadata_of(t)) for p, t in parts))
+        if replaced.issuperset(gone):
+            return [(p, t) for p, t in parts if _base_name(p) not in replaced]
+    raise TableChangingError(
+        f"{root}/tables/{name}: parts vanished while the table was read, on each of "
+        f"{LIST_ATTEMPTS} listings (last: {', '.join(gone)}), and no part read replaces them: "
+        "a compaction or cleanup is deleting parts now; read the table again when it has finished"
+    )
+
+
 def check_schema_versions(results_dir: str | Path, name: str) -> int:
     """The newest schema version among the parts of a table (0 when none); raises
     SchemaVersionError naming the file when a part is newer than KNOWN_SCHEMA_VERSION.
 
-    Reads only the parts' footers. Parts without the version key predate it and count as
-    version 1. load_table makes the same check on every part it reads.
+    Reads only the parts' footers, listing again when parts vanish under it as load_table does.
+    Parts without the version key predate it and count as version 1. load_table makes the same
+    check on every part it reads.
     """
     fs, root = _filesystem(str(results_dir))
-    newest = 0
-    for path in _part_paths(fs, root, name):
-        metadata = pq.read_schema(path, filesystem=fs).metadata
-        newest = max(newest, _part_version(path, metadata))
-    return newest
+    parts = _read_parts(fs, root, name, _read_footer, lambda schema: schema.metadata)
+    return max((_part_version(path, schema.metadata) for path, schema in parts), default=0)
+
+
+def _drop_duplicate_keys(df: pd.DataFrame, name: str, results_dir: str | Path) -> pd.DataFrame:
+    """df without the rows whose key repeats an earlier row (the first written is kept), with one
+    DuplicateRowsWarning when there were any.
+
+    A table that lacks a key column (an old or foreign part) is returned as is; a row with a
+    null key column is never a duplicate (nothing identifies it).
+    """
+    key = list(KEYS[name])
+    if df.empty or not set(key) <= set(df.columns):
+        return df
+    duplicated = df.duplicated(subset=key, keep="first") & df[key].notna().all(axis=1)
+    count = int(duplicated.sum())
+    if not count:
+        return df
+    warnings.warn(
+        f"table {name} of {results_dir}: {count} duplicate row(s) left out, whose key "
+        f"({', '.join(key)}) repeats an earlier row (the first written is kept): the study was "
+        "written by two drivers at once, or a compaction was interrupted; "
+        f"`study compact {results_dir}` removes them",
+        DuplicateRowsWarning,
+        stacklevel=3,
+    )
+    return df[~duplicated].reset_index(drop=True)
 
 
 def load_table(results_dir: str | Path, name: str) -> pd.DataFrame:
-    """One table of a study as a DataFrame (RESULTS/tables/NAME is a folder of parquet parts).
+    """One table of a study as a DataFrame (RESULTS/tables/NAME is a folder of parquet parts),
+    each row once.
 
     results_dir is a local folder or a URI such as s3://bucket/studies/NAME. Raises
     SchemaVersionError naming the file when a part was written by a newer schema version than
     KNOWN_SCHEMA_VERSION; parts of older versions read, their missing columns absent (or null
     where another part has them).
+
+    Safe while a compaction runs: a part named in the REPLACES_KEY metadata of a part read is
+    skipped, and a part that vanishes between listing and reading makes the folder be listed
+    again (TableChangingError after LIST_ATTEMPTS listings). Rows whose KEYS[name] repeats an
+    earlier row are left out, the first written kept (parts are read in name order, and names
+    start with a nanosecond timestamp), with one DuplicateRowsWarning naming the table, the
+    count, the key and the fix (`study compact RESULTS`); they come from two drivers writing
+    one study or an interrupted compaction. A table without its key columns reads as is.
     """
     if name not in TABLES:
         raise KeyError(f"unknown table {name!r}: choose one of {', '.join(TABLES)}")
@@ -103,18 +269,13 @@ def load_table(results_dir: str | Path, name: str) -> pd.DataFrame:
         raise FileNotFoundError(
             f"no tables/ folder under {results_dir}: is this a study's results folder?"
         )
-    parts = _part_paths(fs, root, name)
+    parts = _read_parts(fs, root, name, _read_part, lambda table: table.schema.metadata)
     if not parts:
         return pd.DataFrame()
-    tables = []
-    for path in parts:
-        table = pq.read_table(path, filesystem=fs)
-        # The version is checked on the table just read (its footer's metadata), so the check
-        # costs no second read of the file, and before any part is combined with another.
-        _part_version(path, table.schema.metadata)
-        tables.append(table)
     # Parts written by an older schema version lack newer columns: those read as nulls.
-    return pa.concat_tables(tables, promote_options="default").to_pandas()
+    tables = [table for _, table in parts]
+    df = pa.concat_tables(tables, promote_options="default").to_pandas()
+    return _drop_duplicate_keys(df, name, results_dir)
 
 
 def _with_columns(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

@@ -9,6 +9,7 @@ storage_path; the driver writes tables and artifacts through these helpers.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
@@ -98,6 +99,13 @@ def write_bytes(location: str | Path, data: bytes) -> None:
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as fh:
         fh.write(data)
+
+
+def remove(location: str | Path) -> None:
+    """Delete a file; one that is already gone is no error."""
+    fs, path = resolve(location)
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_file(path)
 
 
 def upload_file(local: Path, location: str | Path) -> None:

@@ -9,14 +9,17 @@ already in the table is never written again, so re-running a study adds no dupli
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs
 import pyarrow.parquet as pq
 
 from study.evaluations import EVAL_TABLES, EvalTable
@@ -182,27 +185,131 @@ def conform(part: pa.Table, schema: pa.Schema, source: str = "a part") -> pa.Tab
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def read_table(folder: str | Path, table: str) -> pa.Table:
-    """All completed parts of a table, in its current schema (an empty table if none)."""
-    schema = schema_with_metadata(table)
+# A compacted part's metadata lists the parts it replaces (JSON list of base names); readers
+# skip those while they still exist. analysis/tables.py reads the same key.
+REPLACES_KEY = "atsweep.replaces"
+_READ_ATTEMPTS = 5
+
+
+def _read_parts(folder: str | Path, columns: list[str] | None = None) -> list[tuple[str, pa.Table]]:
+    """(name, table) of each part a reader should see: every part, minus those a compacted
+    part replaces. A part that vanishes while it is read (a compaction removed it after
+    writing the part that holds its rows) makes the reader list the folder again."""
     fs, base = storage.resolve(folder)
-    names = [p.rsplit("/", 1)[-1] for p in part_files(folder)]
+    for attempt in range(_READ_ATTEMPTS):
+        names = sorted(p.rsplit("/", 1)[-1] for p in part_files(folder))
+        try:
+            parts = [(n, _read_part(fs, f"{base}/{n}", columns)) for n in names]
+        except OSError:  # FileNotFoundError locally, an OSError naming the key on S3
+            vanished = any(not storage.exists(storage.join(folder, n)) for n in names)
+            if not vanished or attempt == _READ_ATTEMPTS - 1:
+                raise
+            continue
+        replaced: set[str] = set()
+        for _, part in parts:
+            raw = (part.schema.metadata or {}).get(REPLACES_KEY.encode())
+            if raw:
+                replaced.update(json.loads(raw))
+        return [(n, part) for n, part in parts if n not in replaced]
+    return []
+
+
+def _read_part(fs: pa.fs.FileSystem, path: str, columns: list[str] | None) -> pa.Table:
+    if columns is None:
+        return pq.read_table(path, filesystem=fs)
+    present = set(pq.read_schema(path, filesystem=fs).names)
+    return pq.read_table(path, filesystem=fs, columns=[c for c in columns if c in present])
+
+
+def read_table(folder: str | Path, table: str, columns: list[str] | None = None) -> pa.Table:
+    """All completed parts of a table, in its current schema (an empty table if none); with
+    columns, only those columns are read from the files (the others are not in the result)."""
+    schema = schema_with_metadata(table)
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
     parts = [
-        conform(pq.read_table(f"{base}/{name}", filesystem=fs), schema, storage.join(folder, name))
-        for name in names
+        conform(part, schema, storage.join(folder, name))
+        for name, part in _read_parts(folder, columns)
     ]
     if not parts:
         return schema.empty_table()
     return pa.concat_tables(parts)
 
 
+def unique_by_key(data: pa.Table, key: tuple[str, ...]) -> tuple[pa.Table, int]:
+    """The rows whose key has not appeared before (the first written wins), and how many
+    repeated ones were left out."""
+    seen: set[tuple[Any, ...]] = set()
+    keep: list[int] = []
+    for i, row in enumerate(zip(*(data.column(k).to_pylist() for k in key), strict=True)):
+        if row not in seen:
+            seen.add(row)
+            keep.append(i)
+    if len(keep) == data.num_rows:
+        return data, 0
+    return data.take(pa.array(keep, type=pa.int64())), data.num_rows - len(keep)
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """What compacting one table did."""
+
+    table: str
+    parts_before: int
+    rows: int
+    duplicates: int
+
+    @property
+    def changed(self) -> bool:
+        return self.parts_before > 1 or self.duplicates > 0
+
+
+def compact_table(folder: str | Path, table: str) -> Compaction:
+    """Merge a table's parts into one, in the current schema, each key once.
+
+    The merged part is written first (atomically, listing the parts it replaces in its
+    metadata, so that readers skip them while they exist), then the replaced parts are
+    deleted: at no moment does a reader see a row twice or miss one. A table that is one
+    part of the current schema with no repeated key is left as it is. Only the study's
+    lease holder compacts (a writer appending meanwhile would have its part deleted).
+    """
+    names = sorted(p.rsplit("/", 1)[-1] for p in part_files(folder))
+    fs, base = storage.resolve(folder)
+    current = all(_version(fs, f"{base}/{n}") == SCHEMA_VERSION for n in names)
+    data = read_table(folder, table)
+    unique, duplicates = unique_by_key(data, tuple(KEYS[table]))
+    if len(names) <= 1 and current and duplicates == 0:
+        return Compaction(table, len(names), unique.num_rows, 0)
+    metadata = {
+        **(schema_with_metadata(table).metadata or {}),
+        REPLACES_KEY.encode(): json.dumps(names).encode(),
+    }
+    write_part_atomically(folder, unique.replace_schema_metadata(metadata))
+    for name in names:
+        storage.remove(storage.join(folder, name))
+    return Compaction(table, len(names), unique.num_rows, duplicates)
+
+
+def _version(fs: pa.fs.FileSystem, path: str) -> int:
+    metadata = pq.read_schema(path, filesystem=fs).metadata or {}
+    try:
+        return int(metadata.get(b"atsweep.schema_version", b"1").decode())
+    except ValueError:
+        return 0
+
+
 class ParquetSink:
-    """The single writer of a study's tables; it remembers every key already written."""
+    """The single writer of a study's tables; it remembers every key already written.
+
+    Rows are buffered per table (add) and written as one part per table at each flush;
+    append writes at once. Opening a table reads only its key columns."""
 
     def __init__(self, tables_dir: str | Path) -> None:
         self.tables_dir = str(tables_dir)
         self._keys: dict[str, set[tuple[Any, ...]]] = {}
-        self.seconds = 0.0  # wall time spent writing parts (append)
+        self._buffer: dict[str, list[Mapping[str, Any]]] = {}
+        self.seconds = 0.0  # wall time spent writing parts
+        self.seconds_by_table: dict[str, float] = {}
         for table in SCHEMAS:
             self._keys_of(table)
 
@@ -213,39 +320,66 @@ class ParquetSink:
             folder = storage.join(self.tables_dir, table)
             if not part_files(folder):
                 write_part_atomically(folder, schema_with_metadata(table).empty_table())
-            existing = read_table(folder, table).select(list(KEYS[table])).to_pylist()
-            self._keys[table] = {tuple(r[k] for k in KEYS[table]) for r in existing}
+            key = list(KEYS[table])
+            existing = read_table(folder, table, columns=key)
+            self._keys[table] = set(
+                zip(*(existing.column(k).to_pylist() for k in key), strict=True)
+            )
         return self._keys[table]
 
     def has(self, table: str, *key: Any) -> bool:
-        """Whether a row with this key is already in the table."""
+        """Whether a row with this key is in the table (or waiting to be written to it)."""
         return tuple(key) in self._keys_of(table)
 
-    def append(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Append the rows whose key is new, as one atomically written part; returns how many."""
-        start = time.perf_counter()
-        try:
-            return self._append(table, rows)
-        finally:
-            self.seconds += time.perf_counter() - start
-
-    def _append(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
-        fresh: list[Mapping[str, Any]] = []
-        fresh_keys: set[tuple[Any, ...]] = set()
+    def add(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Buffer the rows whose key is new (written at the next flush); returns how many."""
+        schema = SCHEMAS[table]
         known = self._keys_of(table)
+        fresh: list[Mapping[str, Any]] = []
         for row in rows:
-            key = tuple(row[k] for k in KEYS[table])
-            if key not in known and key not in fresh_keys:
-                fresh_keys.add(key)
-                fresh.append(row)
-        if fresh:
-            schema = schema_with_metadata(table)
-            missing = [n for n in fresh[0] if n not in schema.names]
+            missing = [n for n in row if n not in schema.names]
             if missing:
                 raise KeyError(f"columns {missing} are not in the {table} schema")
-            write_part_atomically(
-                storage.join(self.tables_dir, table),
-                pa.Table.from_pylist(list(fresh), schema=schema),
-            )
-            known |= fresh_keys
+            key = tuple(row[k] for k in KEYS[table])
+            if key not in known:
+                known.add(key)
+                fresh.append(row)
+        if fresh:
+            self._buffer.setdefault(table, []).extend(fresh)
         return len(fresh)
+
+    def append(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Write the rows whose key is new now, as one atomically written part."""
+        count = self.add(table, rows)
+        self.flush(table)
+        return count
+
+    def pending(self) -> int:
+        """Rows buffered and not written yet."""
+        return sum(len(rows) for rows in self._buffer.values())
+
+    def flush(self, table: str | None = None) -> None:
+        """Write the buffered rows: one part per table (all tables, or one)."""
+        for name in [table] if table is not None else list(self._buffer):
+            rows = self._buffer.pop(name, [])
+            if not rows:
+                continue
+            start = time.perf_counter()
+            try:
+                write_part_atomically(
+                    storage.join(self.tables_dir, name),
+                    pa.Table.from_pylist(rows, schema=schema_with_metadata(name)),
+                )
+            finally:
+                spent = time.perf_counter() - start
+                self.seconds += spent
+                self.seconds_by_table[name] = self.seconds_by_table.get(name, 0.0) + spent
+
+    def compact(self) -> list[Compaction]:
+        """Flush, then compact every table (see compact_table)."""
+        self.flush()
+        start = time.perf_counter()
+        try:
+            return [compact_table(storage.join(self.tables_dir, t), t) for t in SCHEMAS]
+        finally:
+            self.seconds += time.perf_counter() - start

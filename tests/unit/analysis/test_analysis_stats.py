@@ -157,6 +157,46 @@ def test_aggregate_seeds_per_group() -> None:
     assert aggregate_seeds(df.iloc[:0], ["eps"], "acc").empty
 
 
+def test_aggregate_seeds_counts_distinct_seeds_not_rows() -> None:
+    # One seed written three times (two drivers, or a compaction interrupted) is one seed: its
+    # spread is unknown, not zero.
+    one = pd.DataFrame({"eps": [0.0] * 3, "seed": [0, 0, 0], "acc": [0.7, 0.7, 0.7]})
+    out = aggregate_seeds(one, ["eps"], "acc").iloc[0]
+    assert out["n"] == 1 and out["mean"] == pytest.approx(0.7)
+    assert math.isnan(out["std"]) and math.isnan(out["ci_low"]) and math.isnan(out["ci_high"])
+    # Two seeds, with repeated rows: the rows of a seed are averaged first (seed 1: 2.0).
+    two = pd.DataFrame(
+        {
+            "eps": [0.5] * 5,
+            "seed": [0, 0, 0, 1, 1],
+            "acc": [1.0, 1.0, 1.0, 1.5, 2.5],
+        }
+    )
+    out = aggregate_seeds(two, ["eps"], "acc").iloc[0]
+    # mean 1.5, sd = 0.5 * sqrt(2), se = 0.5, t_{0.975, 1} = 12.706205.
+    assert out["n"] == 2
+    assert out["mean"] == pytest.approx(1.5)
+    assert out["std"] == pytest.approx(math.sqrt(0.5))
+    assert out["ci_low"] == pytest.approx(1.5 - 12.706205 * 0.5, abs=1e-6)
+    assert out["ci_high"] == pytest.approx(1.5 + 12.706205 * 0.5, abs=1e-6)
+    # A NaN row of a seed is left out of its mean; a seed with only NaN rows is no seed.
+    nan = float("nan")
+    gaps = pd.DataFrame({"eps": [0.0] * 4, "seed": [0, 0, 1, 2], "acc": [1.0, nan, 3.0, nan]})
+    out = aggregate_seeds(gaps, ["eps"], "acc").iloc[0]
+    assert (out["n"], out["mean"]) == (2, 2.0)
+
+
+def test_aggregate_seeds_without_a_seed_column_counts_rows() -> None:
+    df = pd.DataFrame({"eps": [0.0, 0.0, 0.0], "acc": [1.0, 2.0, 3.0]})
+    out = aggregate_seeds(df, ["eps"], "acc").iloc[0]
+    assert (out["n"], out["mean"], out["std"]) == (3, 2.0, 1.0)
+    assert out["ci_high"] == pytest.approx(4.484138, abs=1e-6)
+    # Grouped by seed itself, each row of a group is one value (the seed is the group).
+    by_seed = pd.DataFrame({"seed": [0, 0, 1], "acc": [1.0, 3.0, 5.0]})
+    out = aggregate_seeds(by_seed, ["seed"], "acc").set_index("seed")
+    assert out.loc[0, "n"] == 2 and out.loc[0, "mean"] == 2.0 and out.loc[1, "n"] == 1
+
+
 def test_load_tables_reads_every_table_with_the_columns_analysis_reads(tmp_path: Path) -> None:
     build_study(tmp_path, clean=noisy({0.0: 0.9, 0.25: 0.8, 0.5: 0.7, 1.0: 0.6}, 0.01))
     tables = load_tables(tmp_path)
