@@ -15,11 +15,15 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from study.spec import SpecError, SweepSpec, load_spec
 from trainables import storage
 from trainables.catalog import DataMissingError
 from trainables.config import LoadRequest, TrainConfig
+
+if TYPE_CHECKING:
+    from study.recorder import StudySummary
 
 
 def _print_search(spec: SweepSpec) -> None:
@@ -106,11 +110,38 @@ def _shares(training: float, evaluations: float) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
-    from analysis import format_tradeoff, tradeoff_table
     from study.runner import Study
+    from study.signals import Interrupted, interruptible
 
-    study = Study(spec)
-    summary = study.run(address=args.address, spec_path=Path(args.spec))
+    try:
+        with interruptible(), Study(spec) as study:
+            summary = study.run(address=args.address, spec_path=Path(args.spec))
+            _print_run(spec, summary)
+            if not args.no_report:
+                from study.reporting import default_report_dir, publish_report
+
+                # A re-run that added no row keeps the report it finds (`study report` rewrites).
+                results = spec.results_dir()
+                report = publish_report(results, default_report_dir(results, spec.name), reuse=True)
+                print(f"report: {report.html.resolve()}")
+    except Interrupted as stop:
+        if stop.unfinished is None:
+            what = "before the study's runs were opened"
+        else:
+            trials, evals = stop.unfinished
+            what = f"{trials} trials and {evals} evaluations unfinished"
+        print(
+            f"study: interrupted by {stop.name}: {what}; `study run {args.spec}` resumes it",
+            file=sys.stderr,
+        )
+        return stop.exit_code
+    return 1 if summary.failures else 0
+
+
+def _print_run(spec: SweepSpec, summary: StudySummary) -> None:
+    """The closing lines of a study run: the trade-off table, the counts, where things are."""
+    from analysis import format_tradeoff, tradeoff_table
+
     results = spec.results_dir()
     print()
     print(format_tradeoff(tradeoff_table(results)))
@@ -129,17 +160,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     for failure in summary.failures:
         print(f"  failed: {failure}")
-    tables = storage.join(results, "tables")
-    print(f"parquet tables: {tables}  (pandas.read_parquet on each folder)")
+    print(
+        f"parquet tables: {storage.join(results, 'tables')}  (pandas.read_parquet on each folder)"
+    )
     print(f"MLflow: {spec.tracking_uri()}")
     print(f"  browse it: {mlflow_ui_command(spec.tracking_uri())}  then open http://127.0.0.1:5000")
-    if not args.no_report:
-        from study.reporting import default_report_dir, publish_report
-
-        # A re-run that added no row keeps the report it finds (`study report` rewrites it).
-        report = publish_report(results, default_report_dir(results, spec.name), reuse=True)
-        print(f"report: {report.html.resolve()}")
-    return 1 if summary.failures else 0
 
 
 SUBMIT_EXCLUDES = [".venv", ".git", "results", "data", "mlruns", "*.parquet", "*.safetensors"]
@@ -203,17 +228,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    """The trade-off table, then the report (HTML, markdown, figures), logged to MLflow."""
-    from analysis import format_tradeoff, read_study_info, tradeoff_table
-    from study.reporting import default_report_dir, publish_report
+def cmd_compact(args: argparse.Namespace) -> int:
+    """Merge each table's parts into one (each key once, the current schema), under the lease."""
+    from analysis import read_study_info
+    from study.lease import StudyLease
+    from study.signals import interruptible
+    from study.sinks.parquet import ParquetSink
 
-    results = args.results_dir
+    results = _results_with_tables(args.results_dir)
+    timeout = read_study_info(results).get("spec", {}).get("output", {}).get("lease_timeout_s")
+    lease = StudyLease(results, float(timeout or 120.0))
+    with interruptible():
+        lease.acquire()
+        try:
+            for done in ParquetSink(storage.join(results, "tables")).compact():
+                print(
+                    f"{done.table}: {done.parts_before} parts -> "
+                    f"{1 if done.changed else done.parts_before}, {done.rows} rows"
+                    + (f", {done.duplicates} repeated rows removed" if done.duplicates else "")
+                )
+        finally:
+            lease.release()
+    return 0
+
+
+def _results_with_tables(results: str) -> str:
     if not storage.is_dir(storage.join(results, "tables")):
         raise SpecError(
             f"results_dir {str(results)!r} has no tables/ folder: pass the folder a study wrote "
             "(output.results_dir, default results/NAME)"
         )
+    return results
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """The trade-off table, then the report (HTML, markdown, figures), logged to MLflow."""
+    from analysis import format_tradeoff, read_study_info, tradeoff_table
+    from study.reporting import default_report_dir, publish_report
+
+    results = _results_with_tables(args.results_dir)
     print(format_tradeoff(tradeoff_table(results)))
     name = read_study_info(results).get("name") or Path(str(results).rstrip("/")).name
     out = Path(args.out) if args.out else default_report_dir(results, name)
@@ -260,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default RESULTS_DIR/report)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser(
+        "compact", help="merge each table's parts into one (study run does it when it ends)"
+    )
+    p.add_argument("results_dir")
+    p.set_defaults(func=cmd_compact)
     return parser
 
 
@@ -269,7 +327,10 @@ def is_input_error(exc: BaseException) -> bool:
     kinds: list[type[BaseException]] = [SpecError, DataMissingError]
     for module, name in (
         ("analysis.tables", "SchemaVersionError"),
+        ("analysis.tables", "TableChangingError"),
         ("study.sinks.parquet", "SchemaConflictError"),
+        ("study.lease", "LeaseHeldError"),
+        ("study.lease", "LeaseLostError"),
     ):
         if module in sys.modules:
             kinds.append(getattr(sys.modules[module], name))

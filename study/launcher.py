@@ -19,6 +19,7 @@ from typing import Any
 from study.plan import describe_trial
 from study.queue import EvalQueue, PendingEval
 from study.recorder import Recorder
+from study.signals import reclaim
 from study.spec import SweepSpec
 from trainables import storage
 from trainables.config import ArchRef, LoadRequest, TrainConfig
@@ -38,6 +39,9 @@ def configure_tune_environment() -> None:
     keep the working directory so that relative data roots resolve as the user wrote them; every
     epoch's checkpoint forces an experiment snapshot, expected here and not a bottleneck."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # The study handles SIGINT itself (study/signals.py): Tune's handler would end the run
+    # quietly, as if it had finished.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # The evaluations wait while Tune's trial actors hold every CPU. By default a local Ray
@@ -71,6 +75,7 @@ def start_ray(spec: SweepSpec, address: str | None) -> bool:
     if address is None:
         check_cluster_fits(spec, None)
     ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR)
+    reclaim()  # Ray's core worker took SIGTERM over: the study's cleanup would never run
     if address is not None:
         check_cluster_fits(spec, address)
     # The ResultGrid looks for Tune's own result files, which the sinks replace.
@@ -98,67 +103,84 @@ def describe_trial_error(trial: Any) -> str:
     return f"{last} (traceback: {error_file})" if error_file else last
 
 
+class TrialHooks:
+    """What the driver does on Tune's events: epochs and trials to the recorder, and a finished
+    trial's evaluations to the queue at once; at every step of Tune's loop, the evaluations
+    that returned are recorded."""
+
+    def __init__(self, recorder: Recorder, queue: EvalQueue, evaluations_of: EvaluationsOf) -> None:
+        self.recorder, self.queue, self.evaluations_of = recorder, queue, evaluations_of
+        self.configs: dict[str, TrainConfig] = {}
+
+    def config(self, trial: Any) -> TrainConfig:
+        if trial.trial_id not in self.configs:
+            self.configs[trial.trial_id] = trial_config(trial.config)
+        return self.configs[trial.trial_id]
+
+    def started(self, trial: Any) -> None:
+        self.recorder.trial_run(self.config(trial))
+
+    def result(self, trial: Any, result: dict[str, Any]) -> None:
+        self.recorder.record_epoch(self.config(trial), result)
+
+    def completed(self, trial: Any) -> None:
+        checkpoint = None
+        if trial.checkpoint is not None:
+            checkpoint = storage.to_location(trial.checkpoint.filesystem, trial.checkpoint.path)
+        cfg = self.config(trial)
+        run_id = self.recorder.record_trial_done(cfg, checkpoint)
+        if run_id is not None and checkpoint is not None:
+            self.queue.submit(self.evaluations_of(cfg, checkpoint, run_id))
+
+    def failed(self, trial: Any) -> None:
+        self.recorder.record_trial_failure(self.config(trial), describe_trial_error(trial))
+
+    def step(self) -> None:
+        self.recorder.record_evaluations(self.queue.harvest(timeout=0.0))
+        self.recorder.flush_if_due()
+
+
 def _make_callback_class() -> type:
     from ray import tune
 
     class _StudyCallback(tune.Callback):
-        """Tune's driver-side hooks, forwarded to the recorder and the evaluation queue."""
+        """Tune's driver-side hooks, forwarded to the study's TrialHooks."""
 
-        def __init__(
-            self,
-            recorder: Recorder | None,
-            queue: EvalQueue | None,
-            evaluations_of: EvaluationsOf | None,
-        ) -> None:
-            self.recorder, self.queue, self.evaluations_of = recorder, queue, evaluations_of
-            self.configs: dict[str, TrainConfig] = {}
+        def __init__(self, hooks: TrialHooks | None) -> None:
+            self.hooks = hooks
 
         def __reduce__(self) -> tuple[Any, ...]:
             # Tune pickles its callbacks into the experiment state (for Tuner.restore, which a
-            # study never uses: a re-run resumes from its tables). The recorder is not pickled:
-            # it holds the sinks and the printer, and `print` stops being picklable once Ray's
-            # log thread has replaced builtins.print (its tqdm patch), which made Tuner()
-            # fail at random.
-            return (type(self), (None, None, None))
+            # study never uses: a re-run resumes from its tables). The hooks are not pickled:
+            # they hold the sinks and the printer, and `print` stops being picklable once Ray's
+            # log thread has replaced builtins.print (its tqdm patch), which made Tuner() fail
+            # at random.
+            return (type(self), (None,))
 
-        def _parts(self) -> tuple[Recorder, EvalQueue, EvaluationsOf]:
-            if self.recorder is None or self.queue is None or self.evaluations_of is None:
+        def _hooks(self) -> TrialHooks:
+            if self.hooks is None:
                 raise RuntimeError(
                     "this study callback was unpickled without its recorder and queue: a study "
                     "resumes by running `study run` again, not through Tune's restore"
                 )
-            return self.recorder, self.queue, self.evaluations_of
-
-        def _cfg(self, trial: Any) -> TrainConfig:
-            if trial.trial_id not in self.configs:
-                self.configs[trial.trial_id] = trial_config(trial.config)
-            return self.configs[trial.trial_id]
+            return self.hooks
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._parts()[0].trial_run(self._cfg(trial))
+            self._hooks().started(trial)
 
         def on_trial_result(
             self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
         ) -> None:
-            self._parts()[0].record_epoch(self._cfg(trial), result)
+            self._hooks().result(trial, result)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            checkpoint = None
-            if trial.checkpoint is not None:
-                checkpoint = storage.to_location(trial.checkpoint.filesystem, trial.checkpoint.path)
-            recorder, queue, evaluations_of = self._parts()
-            cfg = self._cfg(trial)
-            run_id = recorder.record_trial_done(cfg, checkpoint)
-            if run_id is not None and checkpoint is not None:
-                queue.submit(evaluations_of(cfg, checkpoint, run_id))
+            self._hooks().completed(trial)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._parts()[0].record_trial_failure(self._cfg(trial), describe_trial_error(trial))
+            self._hooks().failed(trial)
 
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-            recorder, queue, _ = self._parts()
-            recorder.record_evaluations(queue.harvest(timeout=0.0))
-            recorder.flush_if_due()
+            self._hooks().step()
 
     return _StudyCallback
 
@@ -168,7 +190,7 @@ def StudyCallback(  # noqa: N802
 ) -> Any:
     """A Tune callback bound to a study's recorder and queue (its class is built lazily so that
     importing this module needs no ray)."""
-    return _make_callback_class()(recorder, queue, evaluations_of)
+    return _make_callback_class()(TrialHooks(recorder, queue, evaluations_of))
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,12 @@
 
 The study's run holds one nested run per training trial and, under it, one per evaluation (the
 baselines sit under the study's run). Each trial's epochs become rows of the epochs table and
-metrics of its run, buffered and flushed every FLUSH_EVERY_S; a finished trial becomes a trials
-row, a finished evaluation a row of its kind's table (study/evaluations.py). The recorder
-records and returns: it never schedules work, and it is the only code that writes.
+metrics of its run, a finished trial a trials row, a finished evaluation a row of its kind's
+table (study/evaluations.py); rows and metrics are buffered and written every FLUSH_EVERY_S (one
+part per table) and at the end, when the tables are compacted. Before each write the recorder
+checks that this driver still holds the study's lease, and a SIGINT or SIGTERM waits for the
+write to end (study/signals.py). It records and returns: it never schedules work, and it is the
+only code that writes.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from study.evaluations import EVALUATIONS, ArtifactContext, evaluation_params
+from study.evaluations import EVAL_TABLES, EVALUATIONS, ArtifactContext, evaluation_params
 from study.plan import describe_trial
 from study.queue import Finished, PendingEval
+from study.signals import deferred
 from study.sinks.mlflow import EVAL_KEY_TAG, TRIAL_KEY_TAG, MlflowSink
 from study.sinks.parquet import ParquetSink, read_table
 from study.spec import SweepSpec
@@ -97,6 +101,19 @@ class StudySummary:
         return out
 
 
+class Lease(Protocol):
+    """What the recorder asks of the study's lease: raise if this driver lost it."""
+
+    def check(self) -> None: ...
+
+
+class NoLease:
+    """For a recorder used without a lease (tests, tools that only read)."""
+
+    def check(self) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class CachedTrial:
     """A trial already in the trials table: where its network is and its MLflow run."""
@@ -151,9 +168,12 @@ def _last_line(exc: BaseException) -> str:
 class Recorder:
     """Writes everything a study produces, and answers what is already written."""
 
-    def __init__(self, spec: SweepSpec, printer: Printer = print) -> None:
+    def __init__(
+        self, spec: SweepSpec, printer: Printer = print, lease: Lease | None = None
+    ) -> None:
         self.spec = spec
         self.say = printer
+        self.lease: Lease = lease if lease is not None else NoLease()
         self.results_dir = spec.results_dir()
         self.parquet = ParquetSink(storage.join(self.results_dir, "tables"))
         self.mlflow = MlflowSink(
@@ -164,10 +184,18 @@ class Recorder:
         self.summary = StudySummary(trials_total=total)
         self.study_run_id = ""
         self.trial_runs: dict[str, str] = {}
-        self.epoch_buffer: list[dict[str, Any]] = []
+        self.open_trial_runs: set[str] = set()  # opened by this driver, not ended yet
         self.last_results: dict[str, dict[str, Any]] = {}
+        self._eval_mlflow_s = 0.0
         self.last_flush = time.monotonic()
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around every write: the lease still held, and no signal cuts the write short."""
+        self.lease.check()
+        with deferred():
+            yield
 
     # ----- what is written already ------------------------------------------------------------
     def has(self, table: str, *key: Any) -> bool:
@@ -177,11 +205,11 @@ class Recorder:
     def cached_trials(self) -> dict[str, CachedTrial]:
         """Every trial in the trials table, by trial_key."""
         columns = ["trial_key", "checkpoint_path", "mlflow_run_id", "config_json", "proposed_by"]
-        rows = read_table(storage.join(self.parquet.tables_dir, "trials"), "trials")
-        return {
-            r["trial_key"]: CachedTrial(*(r[c] for c in columns))
-            for r in rows.select(columns).to_pylist()
-        }
+        rows = read_table(storage.join(self.parquet.tables_dir, "trials"), "trials", columns)
+        cached: dict[str, CachedTrial] = {}
+        for r in rows.to_pylist():
+            cached.setdefault(r["trial_key"], CachedTrial(*(r[c] for c in columns)))
+        return cached
 
     def adopt_trial_run(self, trial_key: str, run_id: str) -> None:
         """The MLflow run of a trial trained by an earlier driver (its evaluations nest in it)."""
@@ -192,25 +220,27 @@ class Recorder:
         """Once per driver: mark runs an earlier driver left RUNNING, then open the study's run."""
         if self.study_run_id:
             return self.study_run_id
-        orphaned = self.mlflow.end_orphaned_runs()
-        if orphaned:
-            self.say(f"marked {orphaned} MLflow runs KILLED: left RUNNING by an earlier driver")
-        self.study_run_id = self.mlflow.run_for(
-            f"study:{self.spec.name}",
-            name=self.spec.name,
-            role="study",
-            parent_run_id=None,
-            params=self.spec.model_dump(mode="json"),
-            tags={"results_dir": self.results_dir},
-        )
-        if spec_path is not None:
-            self.mlflow.log_artifact(self.study_run_id, spec_path)
+        with self.writing():
+            orphaned = self.mlflow.end_orphaned_runs()
+            if orphaned:
+                self.say(f"marked {orphaned} MLflow runs KILLED: left RUNNING by an earlier driver")
+            self.study_run_id = self.mlflow.run_for(
+                f"study:{self.spec.name}",
+                name=self.spec.name,
+                role="study",
+                parent_run_id=None,
+                params=self.spec.model_dump(mode="json"),
+                tags={"results_dir": self.results_dir},
+            )
+            if spec_path is not None:
+                self.mlflow.log_artifact(self.study_run_id, spec_path)
         return self.study_run_id
 
     def fail_study(self, error: BaseException, spec_path: Path | None) -> None:
         """End the study's run FAILED with the error (a study that could not start)."""
-        self.mlflow.mark_failed(self.open_study(spec_path), str(error))
-        self.flush()
+        with self.writing():
+            self.mlflow.mark_failed(self.open_study(spec_path), str(error))
+            self.flush()
 
     def write_study_info(self, last_run: dict[str, Any] | None = None) -> None:
         """RESULTS/study.json: the spec and the software of this run, for reports; at the end
@@ -230,15 +260,42 @@ class Recorder:
         storage.write_bytes(storage.join(self.results_dir, "study.json"), text.encode())
 
     def finish(self, started: float) -> StudySummary:
-        """Flush, end the study's run (FAILED when anything failed), write study.json."""
-        self.flush()
+        """Flush, compact the tables, end the study's run (FAILED when anything failed) and
+        write study.json."""
+        with self.writing():
+            self.flush()
+            for done in self.parquet.compact():
+                if done.duplicates:
+                    self.say(
+                        f"compacted {done.table}: {done.duplicates} repeated rows removed "
+                        "(written twice by drivers that ran at once before the study lease)"
+                    )
+            return self._end(started, "FAILED" if self.summary.failures else "FINISHED")
+
+    def interrupted(self, started: float, signal_name: str) -> StudySummary:
+        """A signal stopped the study: buffered rows and metrics written, the trials this driver
+        was training and the study's run ended KILLED."""
+        with self.writing():
+            self.flush()
+            for run_id in sorted(self.open_trial_runs):
+                self.mlflow.end_run(run_id, "KILLED", tags={"atsweep.stopped_by": signal_name})
+            self.open_trial_runs.clear()
+            return self._end(started, "KILLED", interrupted_by=signal_name)
+
+    def _end(self, started: float, status: str, interrupted_by: str | None = None) -> StudySummary:
         s = self.summary
         s.mlflow_s, s.parquet_s = self.mlflow.client.seconds, self.parquet.seconds
+        eval_tables = set(EVAL_TABLES)
+        s.eval_logging_s = self._eval_mlflow_s + sum(
+            t for name, t in self.parquet.seconds_by_table.items() if name in eval_tables
+        )
         self.mlflow.log_metrics(self.study_run_id, s.timing_metrics())
-        failed = s.trials_failed + s.evals_failed
-        self.mlflow.end_run(self.study_run_id, "FAILED" if failed else "FINISHED")
+        self.mlflow.end_run(self.study_run_id, status)
         s.wall_time_s = time.monotonic() - started
-        self.write_study_info(last_run={**asdict(s), **s.shares()})
+        last_run: dict[str, Any] = {**asdict(s), **s.shares(), "status": status}
+        if interrupted_by is not None:
+            last_run["interrupted_by"] = interrupted_by
+        self.write_study_info(last_run=last_run)
         return s
 
     # ----- trials -----------------------------------------------------------------------------
@@ -246,14 +303,17 @@ class Recorder:
         """The trial's MLflow run (opened the first time it is asked for in this driver)."""
         key = cfg.key
         if key not in self.trial_runs:
-            self.trial_runs[key] = self.mlflow.run_for(
-                f"trial:{key}",
-                name=describe_trial(cfg),
-                role="trial",
-                parent_run_id=self.study_run_id,
-                params=to_canonical(asdict(cfg)),
-                tags={TRIAL_KEY_TAG: key, PROPOSED_BY_TAG: self.proposed_by},
-            )
+            with self.writing():  # the run and its record here, or neither
+                run_id = self.mlflow.run_for(
+                    f"trial:{key}",
+                    name=describe_trial(cfg),
+                    role="trial",
+                    parent_run_id=self.study_run_id,
+                    params=to_canonical(asdict(cfg)),
+                    tags={TRIAL_KEY_TAG: key, PROPOSED_BY_TAG: self.proposed_by},
+                )
+                self.trial_runs[key] = run_id
+                self.open_trial_runs.add(run_id)
         return self.trial_runs[key]
 
     def record_epoch(self, cfg: TrainConfig, result: dict[str, Any]) -> None:
@@ -265,17 +325,20 @@ class Recorder:
             if "/" in k and isinstance(v, (int, float)) and not math.isnan(v)
         }
         self.mlflow.log_metrics(self.trial_run(cfg), metrics, step=epoch)
-        self.epoch_buffer.append(
-            {
-                "trial_key": cfg.key,
-                "epoch": epoch,
-                "train_loss": result.get("train/loss"),
-                "train_acc": result.get("train/acc"),
-                "test_acc_clean": result.get("test/acc_clean"),
-                # null in the epochs between robust evaluations (training.robust_eval_every)
-                "test_acc_pgd": _measured(result.get("test/acc_pgd")),
-                "epoch_time_s": result.get("time/epoch_s"),
-            }
+        self.parquet.add(
+            "epochs",
+            [
+                {
+                    "trial_key": cfg.key,
+                    "epoch": epoch,
+                    "train_loss": result.get("train/loss"),
+                    "train_acc": result.get("train/acc"),
+                    "test_acc_clean": result.get("test/acc_clean"),
+                    # null in the epochs between robust evaluations (training.robust_eval_every)
+                    "test_acc_pgd": _measured(result.get("test/acc_pgd")),
+                    "epoch_time_s": result.get("time/epoch_s"),
+                }
+            ],
         )
         self.last_results[cfg.key] = result
 
@@ -284,19 +347,16 @@ class Recorder:
         were lost with an earlier driver) are recorded now; returns the whole history."""
         manifest = json.loads(storage.read_bytes(storage.join(checkpoint, "manifest.json")))
         history: list[dict[str, Any]] = manifest.get("history", [])
-        buffered = {row["epoch"] for row in self.epoch_buffer if row["trial_key"] == cfg.key}
         for metrics in history:
-            epoch = int(metrics["epoch"])
-            if not self.parquet.has("epochs", cfg.key, epoch) and epoch not in buffered:
+            if not self.parquet.has("epochs", cfg.key, int(metrics["epoch"])):
                 self.record_epoch(cfg, metrics)
         return history
 
     def flush(self) -> None:
-        """Write the buffered epoch rows and send the buffered metrics."""
-        if self.epoch_buffer:
-            self.parquet.append("epochs", self.epoch_buffer)
-            self.epoch_buffer = []
-        self.mlflow.flush()
+        """Write the buffered rows (a part per table) and send the buffered metrics."""
+        with self.writing():
+            self.parquet.flush()
+            self.mlflow.flush()
         self.last_flush = time.monotonic()
 
     def flush_if_due(self) -> None:
@@ -310,10 +370,25 @@ class Recorder:
         if checkpoint is None:
             self.record_trial_failure(cfg, "finished without a checkpoint")
             return None
+        with self.writing():
+            row = self._trial_row(cfg, checkpoint, run_id)
+            self.mlflow.end_run(run_id, "FINISHED", tags={"checkpoint": checkpoint})
+            self.open_trial_runs.discard(run_id)
+            self.parquet.add("trials", [row])
+        s = self.summary
+        s.trials_done += 1
+        s.trial_time_s += float(row["train_time_s"] or 0.0)
+        self.say(
+            f"[{s.trials_done + s.trials_cached}/{s.trials_total}] trial "
+            f"{describe_trial(cfg):<44} clean {row['test_acc_clean']:.3f}  "
+            f"pgd {row['test_acc_pgd']:.3f}  ({row['train_time_s'] or 0:.1f} s)"
+        )
+        return run_id
+
+    def _trial_row(self, cfg: TrainConfig, checkpoint: str, run_id: str) -> dict[str, Any]:
         history = self.recover_epochs(cfg, checkpoint)
         result = {**(history[-1] if history else {}), **self.last_results.get(cfg.key, {})}
-        self.flush()
-        row = {
+        return {
             **trial_config_row(cfg, self.spec.name),
             "train_loss": result.get("train/loss"),
             "train_acc": result.get("train/acc"),
@@ -327,21 +402,12 @@ class Recorder:
             "mlflow_run_id": run_id,
             "completed_at": datetime.now(timezone.utc),
         }
-        self.mlflow.end_run(run_id, "FINISHED", tags={"checkpoint": checkpoint})
-        self.parquet.append("trials", [row])
-        s = self.summary
-        s.trials_done += 1
-        s.trial_time_s += float(row["train_time_s"] or 0.0)
-        self.say(
-            f"[{s.trials_done + s.trials_cached}/{s.trials_total}] trial "
-            f"{describe_trial(cfg):<44} clean {row['test_acc_clean']:.3f}  "
-            f"pgd {row['test_acc_pgd']:.3f}  ({row['train_time_s'] or 0:.1f} s)"
-        )
-        return run_id
 
     def record_trial_failure(self, cfg: TrainConfig, why: str) -> None:
-        self.flush()
-        self.mlflow.mark_failed(self.trial_run(cfg), why)
+        run_id = self.trial_run(cfg)
+        with self.writing():
+            self.mlflow.mark_failed(run_id, why)
+            self.open_trial_runs.discard(run_id)
         self.summary.trials_failed += 1
         self.summary.failures.append(f"trial {describe_trial(cfg)}: {why}")
         self.say(f"  FAILED trial {describe_trial(cfg)}: {why}")
@@ -358,13 +424,14 @@ class Recorder:
 
     @contextmanager
     def eval_logging(self) -> Iterator[None]:
-        """Counts the driver's MLflow and parquet time inside the block as the evaluations'."""
-        start = self.mlflow.client.seconds + self.parquet.seconds
+        """A write of an evaluation's records; its MLflow time counts as the evaluations' (their
+        rows' parquet time is counted per table when the buffers are written)."""
+        start = self.mlflow.client.seconds
         try:
-            yield
+            with self.writing():
+                yield
         finally:
-            now = self.mlflow.client.seconds + self.parquet.seconds
-            self.summary.eval_logging_s += now - start
+            self._eval_mlflow_s += self.mlflow.client.seconds - start
 
     def evaluation_run(self, ev: PendingEval, metrics: dict[str, float] | None = None) -> str:
         """The evaluation's MLflow run, under its trial's run (the study's for a baseline):
@@ -398,7 +465,7 @@ class Recorder:
                 mirrored = {k: v for k, v in metrics.items() if k.startswith(kind.trial_prefix)}
                 self.mlflow.log_metrics(ev.trial_run_id, mirrored)
             row = {**ev.planned.row, **result, "mlflow_run_id": run_id}
-            self.parquet.append(ev.planned.table, [row])
+            self.parquet.add(ev.planned.table, [row])
         self.summary.evals_done += 1
         self.summary.eval_time_s += float(result.get("wall_time_s") or 0.0)
         self.say(f"  eval  {ev.planned.name:<40} {kind.summary(result)}")

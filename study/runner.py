@@ -4,12 +4,17 @@ The grid (or an Optuna search) trains on Ray Tune; as each trial finishes, its e
 the queue at once (no barrier across the grid). Anything whose key is already in the tables is
 not computed again, so re-running a study resumes it and an extended grid runs only its new
 cells. The recorder (study/recorder.py) writes everything; this module only decides what runs.
+A Study holds the study's lease (study/lease.py) from its construction until it is closed (as a
+context manager, or when it is garbage-collected): one driver at a time. A signal
+(study/signals.py) stops it with its runs KILLED and the count of what is left, which the same
+command resumes.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,9 +26,11 @@ from study.launcher import (
     configure_tune_environment,
     start_ray,
 )
+from study.lease import StudyLease
 from study.plan import not_cached, plan_baselines, plan_trial_evaluations
 from study.queue import EvalQueue, PendingEval, RayBackend
 from study.recorder import Recorder, StudySummary
+from study.signals import as_interrupted
 from study.spec import SpecError, SweepSpec
 from trainables.config import LoadRequest, TrainConfig, train_config_from_dict
 
@@ -59,34 +66,86 @@ class Study:
         self.say = printer
         self.load = load_request(spec)
         check_data(spec, self.load)
-        self.recorder = Recorder(spec, printer)
+        self.lease = StudyLease(spec.results_dir(), spec.output.lease_timeout_s, printer)
+        self.lease.acquire()  # before anything is written; LeaseHeldError if another driver runs
+        weakref.finalize(self, self.lease.release)
+        try:
+            self.recorder = Recorder(spec, printer, self.lease)
+        except BaseException:
+            self.lease.release()
+            raise
         self.queue = EvalQueue(RayBackend(spec.resources))
         self.context = PlanContext(spec, self.load, self.recorder.results_dir)
         self.configs = spec.expand()
+        self.todo: list[TrainConfig] = []
         self.search: SearchState | None = None
         self.spec_path: Path | None = None
+        self.started_ray = False
+
+    def close(self) -> None:
+        """Release the study's lease: another driver may run the study from now on."""
+        self.lease.release()
+
+    def __enter__(self) -> Study:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def run(self, address: str | None = None, spec_path: Path | None = None) -> StudySummary:
-        """Train what is not in the tables, evaluate what is not, and record it all."""
+        """Train what is not in the tables, evaluate what is not, and record it all.
+
+        On a signal: what was done is recorded, unfinished runs end KILLED and Interrupted
+        propagates with the count of unfinished trials and evaluations."""
         configure_tune_environment()
         started = time.monotonic()
         self.spec_path = spec_path
-        self.recorder.write_study_info()
-        todo, evals = self.find_work()
-        budget = self.open_search()
-        started_ray = bool(todo or evals or budget) and self.start_ray(address)
-        self.recorder.open_study(spec_path)
-        self.queue.submit(evals)
-        if todo or budget:
-            build_tuner(self.spec, todo, self.search, self.load, self.callback()).fit()
-        self.drain()
-        if started_ray:
+        try:
+            self.recorder.write_study_info()
+            self.todo, evals = self.find_work()
+            budget = self.open_search()
+            self.started_ray = bool(self.todo or evals or budget) and self.start_ray(address)
+            self.recorder.open_study(spec_path)
+            self.queue.submit(evals)
+            if self.todo or budget:
+                build_tuner(self.spec, self.todo, self.search, self.load, self.callback()).fit()
+            self.drain()
+            return self.recorder.finish(started)
+        except KeyboardInterrupt as exc:
+            stop = as_interrupted(exc)
+            stop.unfinished = self.unfinished()
+            if self.recorder.study_run_id:
+                self.recorder.interrupted(started, stop.name)
+            raise stop from None
+        finally:
+            self.shut_down_ray()
+
+    def shut_down_ray(self) -> None:
+        if self.started_ray:
             import ray
 
             # Now rather than at exit, where Ray first sleeps 0.5 s for late log lines: every
-            # task has returned. A local cluster stops; a remote one only loses this driver.
+            # task has returned (or the study was stopped). A local cluster stops; a remote one
+            # only loses this driver, and with it the trials and tasks it started.
             ray.shutdown()
-        return self.recorder.finish(started)
+            self.started_ray = False
+
+    def unfinished(self) -> tuple[int, int]:
+        """(trials, evaluations) this run set out to do and did not: the trials not ended, and
+        the evaluations queued plus those of the trials not ended."""
+        s = self.recorder.summary
+        if self.spec.search is not None:
+            budget = self.search.budget(self.spec) if self.search is not None else 0
+            trials_left = max(0, budget - s.trials_done - s.trials_failed)
+            per_trial = self.evaluations_per_network(self.spec.base_config())
+            return trials_left, len(self.queue) + trials_left * per_trial
+        runs = self.recorder.trial_runs
+        ended = {k for k, run in runs.items() if run not in self.recorder.open_trial_runs}
+        left = [cfg for cfg in self.todo if cfg.key not in ended]
+        return len(left), len(self.queue) + sum(map(self.evaluations_per_network, left))
+
+    def evaluations_per_network(self, cfg: TrainConfig) -> int:
+        return len(plan_trial_evaluations(self.spec, cfg, "", self.recorder.results_dir, self.load))
 
     def find_work(self) -> tuple[list[TrainConfig], list[PendingEval]]:
         """The grid cells to train, and the evaluations to run now (the baselines and those of

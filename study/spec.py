@@ -540,10 +540,15 @@ class EvaluationsSpec(StrictModel):
 class OutputSpec(StrictModel):
     """Where results go: a local folder (relative to the directory the command runs in) or a
     URI (s3://bucket/prefix, gs://..., any fsspec protocol) that every node of a cluster reaches.
-    A URI results_dir needs a tracking_uri: the SQLite default lives in a local results folder."""
+    A URI results_dir needs a tracking_uri: the SQLite default lives in a local results folder.
+
+    lease_timeout_s: one driver at a time runs a study (its lease under RESULTS/lease, renewed
+    every quarter of this); a driver silent for longer (killed, a lost head node) is taken over.
+    """
 
     results_dir: str | None = None
     tracking_uri: str | None = None
+    lease_timeout_s: float = Field(120.0, ge=1)
 
     @field_validator("results_dir")
     @classmethod

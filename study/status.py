@@ -1,4 +1,5 @@
-"""A study's progress: trials and evaluations done (its tables), running and failed (MLflow)."""
+"""A study's progress: trials and evaluations done (its tables), running and failed (MLflow),
+and which driver holds its lease."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from study.evaluations import evaluation_tables
+from study.lease import describe_lease, read_lease
 from study.sinks.parquet import KEYS, read_table
 from study.spec import SweepSpec
 from trainables import storage
@@ -22,6 +24,7 @@ class StudyStatus:
     trial_runs: dict[str, int] = field(default_factory=dict)  # MLflow status -> count
     eval_runs: dict[str, int] = field(default_factory=dict)
     mlflow_error: str | None = None
+    lease: str = ""  # who holds the study's lease (study/lease.py describe_lease)
 
 
 def run_states(spec: SweepSpec) -> tuple[dict[str, int], dict[str, int]]:
@@ -51,21 +54,18 @@ def study_status(spec: SweepSpec, with_mlflow: bool = True) -> StudyStatus:
     tables = storage.join(spec.results_dir(), "tables")
     keys = {c.key for c in spec.expand()}
     total = spec.search.num_trials if spec.search is not None else len(keys)
-    done = set()
+    done: set[str] = set()
     rows: dict[str, int] = {}
-    for table in KEYS:
-        data = read_table(storage.join(tables, table), table)
-        rows[table] = data.num_rows
+    for table, key in KEYS.items():
+        # Only the key columns are read (and, of the trials, who proposed each).
+        extra = ["proposed_by"] if table == "trials" else []
+        data = read_table(storage.join(tables, table), table, [*key, *extra]).to_pylist()
+        rows[table] = len({tuple(r[k] for k in key) for r in data})
         if table == "trials" and spec.search is None:
-            done = set(data.column("trial_key").to_pylist()) & keys
+            done = {r["trial_key"] for r in data} & keys
         elif table == "trials":
             mine = spec.search.proposed_by()  # type: ignore[union-attr]
-            by = data.column("proposed_by").to_pylist()
-            done = {
-                k
-                for k, p in zip(data.column("trial_key").to_pylist(), by, strict=True)
-                if p == mine
-            }
+            done = {r["trial_key"] for r in data if r["proposed_by"] == mine}
     trial_runs: dict[str, int] = {}
     eval_runs: dict[str, int] = {}
     error = None
@@ -74,12 +74,15 @@ def study_status(spec: SweepSpec, with_mlflow: bool = True) -> StudyStatus:
             trial_runs, eval_runs = run_states(spec)
         except Exception as exc:  # a status report must not fail on an unreachable server
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    return StudyStatus(spec.name, total, len(done), rows, trial_runs, eval_runs, error)
+    lease = describe_lease(read_lease(spec.results_dir()), spec.output.lease_timeout_s)
+    return StudyStatus(spec.name, total, len(done), rows, trial_runs, eval_runs, error, lease)
 
 
 def format_status(status: StudyStatus) -> str:
     """The status as a few lines of text."""
     lines = [f"study {status.name}: {status.trials_done}/{status.trials_total} trials done"]
+    if status.lease:
+        lines.append(f"  {status.lease}")
     if status.trial_runs or status.eval_runs:
         trials, evals = status.trial_runs, status.eval_runs
         lines.append(

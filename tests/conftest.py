@@ -181,11 +181,14 @@ def run_study(
     )
 
 
-def start_study(*args: str, cwd: Path, stdout: Any = subprocess.PIPE) -> subprocess.Popen:
+def start_study(
+    *args: str, cwd: Path, stdout: Any = subprocess.PIPE, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """The `study` command of this venv, started in its own session (to be killed by PID)."""
     return subprocess.Popen(
         [str(BIN / "study"), *args],
         cwd=cwd,
+        env=env,
         stdout=stdout,
         stderr=subprocess.STDOUT,
         text=True,

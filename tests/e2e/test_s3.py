@@ -13,7 +13,7 @@ import yaml
 
 from analysis import load_table
 from study.sinks.parquet import ParquetSink, part_files, read_table
-from tests.conftest import ListReporter, run_study
+from tests.conftest import ListReporter, run_study, start_study
 from trainables import storage
 from trainables.checkpoint import find_latest_valid_checkpoint, read_manifest
 from trainables.config import ArchRef, DataConfig, DatasetRef, OptimConfig, TrainConfig
@@ -92,9 +92,14 @@ def test_a_study_with_an_s3_results_root(s3_env: dict[str, str], tmp_path: Path)
     def run() -> subprocess.CompletedProcess[str]:
         return run_study("run", str(path), "--no-report", cwd=tmp_path, env=env)
 
-    first = run()
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert f"parquet tables: {results}/tables" in first.stdout
+    # Two drivers started together: the lease (a conditional PUT on S3) lets one run.
+    both = [start_study("run", str(path), "--no-report", cwd=tmp_path, env=env) for _ in range(2)]
+    outs = [d.communicate(timeout=600)[0] for d in both]
+    assert sorted(d.returncode for d in both) == [0, 2], outs
+    first = next(out for d, out in zip(both, outs, strict=True) if d.returncode == 0)
+    refused = next(out for d, out in zip(both, outs, strict=True) if d.returncode == 2)
+    assert "is being run by" in refused and len(refused.strip().splitlines()) == 1, refused
+    assert f"parquet tables: {results}/tables" in first
     assert not (tmp_path / "results").exists()  # nothing went to a local results folder
 
     trials = load_table(results, "trials")
@@ -125,3 +130,52 @@ def test_a_study_with_an_s3_results_root(s3_env: dict[str, str], tmp_path: Path)
 
     status = run_study("status", str(path), cwd=tmp_path, env=env)
     assert "2/2 trials done" in status.stdout, status.stderr
+
+
+def test_the_study_lease_on_s3(s3_env: dict[str, str]) -> None:
+    """Refused while held, taken over when stale, and of eight drivers at once exactly one."""
+    import threading
+
+    from study.lease import LeaseHeldError, LeaseLostError, StudyLease, read_lease
+
+    root = "s3://results/leases/one"
+    now = [1_000_000.0]
+    holder = StudyLease(root, 60.0, say=lambda _: None, clock=lambda: now[0])
+    assert holder.acquire().generation == 1
+    with pytest.raises(LeaseHeldError, match="is being run by"):
+        StudyLease(root, 60.0, say=lambda _: None, clock=lambda: now[0]).acquire()
+    now[0] += 61
+    said: list[str] = []
+    taker = StudyLease(root, 60.0, say=said.append, clock=lambda: now[0])
+    assert taker.acquire().generation == 2 and "taking over" in said[0]
+    with pytest.raises(LeaseLostError):
+        holder.check()
+    taker.release()
+    record = read_lease(root)
+    assert record is not None and record.generation == 2 and record.released_at is not None
+
+    race_root, start = "s3://results/leases/race", threading.Barrier(8)
+    won, refused = [], []
+
+    def try_acquire() -> None:
+        candidate = StudyLease(race_root, 60.0, say=lambda _: None)
+        start.wait()
+        try:
+            candidate.acquire()
+            won.append(candidate)
+        except LeaseHeldError:
+            refused.append(candidate)
+
+    threads = [threading.Thread(target=try_acquire) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(refused) == 7
+    won[0].release()
+
+
+def test_readers_during_a_compaction_on_s3_see_every_row_once(s3_env: dict[str, str]) -> None:
+    from tests.integration.test_parquet import read_while_compacting
+
+    read_while_compacting("s3://results/compaction/tables", parts=6)

@@ -150,3 +150,111 @@ def test_a_conflicting_column_type_is_a_clear_error(tmp_path: Path) -> None:
     ) as err:
         read_table(tmp_path / "epochs", "epochs")
     assert Path(path).name in str(err.value)
+
+
+def epoch_rows(trial: str, epochs: range) -> list[dict]:
+    return [
+        {"trial_key": trial, "epoch": e, "train_loss": 1.0 / (e + 1), "epoch_time_s": 0.5}
+        for e in epochs
+    ]
+
+
+def read_while_compacting(tables: str, parts: int = 24) -> None:
+    """Write a table as a long study does (many small parts, the oldest of an older schema
+    version), compact it, and read it at every step of the compaction, from this thread (inside
+    each deletion: deterministic) and from a reader thread (concurrent): every read sees every
+    row exactly once. Ends with one part in the current schema."""
+    import threading
+    from unittest import mock
+
+    import pyarrow as pa
+
+    from analysis import load_table
+    from study.sinks.parquet import compact_table, write_part_atomically
+    from trainables import storage
+
+    folder = storage.join(tables, "epochs")
+    old = pa.table({"trial_key": ["old"], "epoch": [0], "train_loss": [9.0]})  # no epoch_time_s
+    old = old.replace_schema_metadata({"atsweep.table": "epochs", "atsweep.schema_version": "1"})
+    write_part_atomically(folder, old)
+    sink = ParquetSink(tables)
+    for i in range(parts):
+        sink.append("epochs", epoch_rows(f"t{i % 4}", range(i // 4 * 3, i // 4 * 3 + 3)))
+    expected = sorted(
+        [("old", 0)]
+        + [(f"t{i % 4}", e) for i in range(parts) for e in range(i // 4 * 3, i // 4 * 3 + 3)]
+    )
+    results_dir = tables.rsplit("/", 1)[0]
+
+    def check() -> None:
+        rows = read_table(folder, "epochs").select(["trial_key", "epoch"]).to_pylist()
+        assert sorted((r["trial_key"], r["epoch"]) for r in rows) == expected
+        df = load_table(results_dir, "epochs")
+        assert sorted(zip(df["trial_key"], df["epoch"], strict=True)) == expected
+
+    reads, failures, done = [0], [], threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            try:
+                check()
+                reads[0] += 1
+            except Exception as exc:  # reported to the test's thread
+                failures.append(exc)
+                return
+
+    remove = storage.remove
+
+    def remove_and_read(location: str) -> None:
+        check()  # the merged part and the parts it replaces both exist here
+        remove(location)
+        check()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        with mock.patch.object(storage, "remove", remove_and_read):
+            done_compaction = compact_table(folder, "epochs")
+    finally:
+        done.set()
+        thread.join()
+    assert not failures, failures[0]
+    # The old-schema part and one part per append (the sink found a part: no empty one).
+    assert done_compaction.parts_before == parts + 1 and done_compaction.rows == len(expected)
+    assert len(part_files(folder)) == 1
+    check()
+    merged = (
+        pq.read_table(part_files(folder)[0].removeprefix("file://"))
+        if "://" not in tables
+        else None
+    )
+    if merged is not None:
+        assert merged.schema.metadata[b"atsweep.schema_version"] == str(SCHEMA_VERSION).encode()
+
+
+def test_readers_during_a_compaction_see_every_row_once(tmp_path: Path) -> None:
+    read_while_compacting(str(tmp_path / "tables"))
+    # pandas reads the one merged part: the newer column of the old-schema row is there (null).
+    df = pd.read_parquet(tmp_path / "tables" / "epochs")
+    assert "epoch_time_s" in df.columns and df["epoch_time_s"].isna().sum() == 1
+
+
+def test_compaction_removes_repeated_keys_and_keeps_the_first_written(tmp_path: Path) -> None:
+    from study.sinks.parquet import compact_table, write_part_atomically
+
+    folder = tmp_path / "tables" / "epochs"
+    ParquetSink(tmp_path / "tables").append("epochs", epoch_rows("a", range(3)))
+    import pyarrow as pa
+
+    from study.sinks.parquet import schema_with_metadata
+
+    # A second driver's copy of the same rows (as before the lease), with other values.
+    again = [{**r, "train_loss": 7.0} for r in epoch_rows("a", range(3))]
+    write_part_atomically(
+        folder, pa.Table.from_pylist(again, schema=schema_with_metadata("epochs"))
+    )
+    done = compact_table(folder, "epochs")
+    assert (done.duplicates, done.rows, len(part_files(folder))) == (3, 3, 1)
+    df = pd.read_parquet(folder)
+    assert sorted(df["epoch"]) == [0, 1, 2] and 7.0 not in set(df["train_loss"])
+    assert compact_table(folder, "epochs").changed is False  # one current part: left alone

@@ -139,6 +139,7 @@ def test_a_new_kind_is_planned_run_recorded_and_counted(width_kind: None, spec: 
     assert len(queue) == 0 and recorder.summary.evals_done == 2
     assert said[-1] == "  eval  width                                    doubled 2"
 
+    recorder.flush()  # rows are buffered: one part per table per flush
     rows = read_table(storage.join(spec.results_dir(), "tables", "width"), "width").to_pylist()
     assert sorted(r["eps_seen"] for r in rows) == [0.0, 0.5]
     assert all(r["doubled"] == 2.0 and r["mlflow_run_id"] for r in rows)

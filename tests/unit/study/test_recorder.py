@@ -16,7 +16,7 @@ from study.plan import describe_trial, plan_trial_evaluations
 from study.queue import Finished, PendingEval
 from study.recorder import Recorder
 from study.sinks.mlflow import ERROR_TAG, EVAL_KEY_TAG, KEY_TAG, TRIAL_KEY_TAG
-from study.sinks.parquet import read_table
+from study.sinks.parquet import part_files, read_table
 from study.spec import SweepSpec
 from trainables import storage
 from trainables.config import LoadRequest
@@ -73,6 +73,14 @@ def test_a_trial_its_epochs_and_a_failed_then_retried_evaluation(
     checkpoint = checkpoint_with_history(tmp_path / "ckpt", epochs=2)
     assert recorder.record_trial_done(cfg, checkpoint) == run_id
     tables = storage.join(recorder.results_dir, "tables")
+    # Rows wait in the buffer (counted as written: has() knows them) until the next flush,
+    # which writes one part per table.
+    assert recorder.has("trials", cfg.key) and recorder.has("epochs", cfg.key, 1)
+    assert read_table(storage.join(tables, "trials"), "trials").num_rows == 0
+    parts_before = {t: len(part_files(storage.join(tables, t))) for t in ("trials", "epochs")}
+    recorder.flush()
+    for table, before in parts_before.items():
+        assert len(part_files(storage.join(tables, table))) == before + 1, table
     epochs = read_table(storage.join(tables, "epochs"), "epochs").to_pylist()
     assert sorted(r["epoch"] for r in epochs) == [0, 1]
     trials = read_table(storage.join(tables, "trials"), "trials").to_pylist()
@@ -103,10 +111,11 @@ def test_a_trial_its_epochs_and_a_failed_then_retried_evaluation(
     assert ERROR_TAG not in done.data.tags and done.data.tags[TRIAL_KEY_TAG] == cfg.key
     target = probe.row["target"]
     assert done.data.metrics[f"transfer/{target}/acc"] == pytest.approx(0.8)
+    summary = again.finish(started=0.0)  # flushes the buffered row, compacts the tables
     rows = read_table(storage.join(tables, "transfer"), "transfer").to_pylist()
     assert [r["eval_key"] for r in rows] == [probe.task.eval_key]
     assert rows[0]["mlflow_run_id"] == done.info.run_id and rows[0]["test_acc"] == 0.8
-    summary = again.finish(started=0.0)
+    assert all(len(part_files(storage.join(tables, t))) == 1 for t in ("trials", "transfer"))
     trial = runs(spec)[f"trial:{cfg.key}"]
     assert trial.data.metrics[f"transfer/{target}/acc"] == pytest.approx(0.8)  # mirrored
     assert summary.evals_done == 1 and summary.evals_failed == 0

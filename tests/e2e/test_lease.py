@@ -1,0 +1,114 @@
+"""One driver at a time, with real `study run` processes: two started together (one runs, one
+refuses), and a frozen holder taken over after the timeout that then stops writing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from study.lease import read_lease
+from tests.conftest import ROOT, run_study, start_study
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def smoke_spec(tmp_path: Path, epochs: int = 2, timeout_s: float = 120.0) -> Path:
+    spec = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
+    spec["training"]["epochs"] = epochs
+    spec["output"] = {"results_dir": str(tmp_path / "results"), "lease_timeout_s": timeout_s}
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def running_trials(results: Path) -> int:
+    """Trial runs RUNNING in the study's MLflow store (0 before it exists)."""
+    db = results / "mlflow.db"
+    if not db.is_file():
+        return 0
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as con:
+        try:
+            (n,) = con.execute(
+                "select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
+                "where t.key = 'atsweep.role' and t.value = 'trial' and r.status = 'RUNNING'"
+            ).fetchone()
+        except sqlite3.OperationalError:  # tables not created yet
+            return 0
+    return int(n)
+
+
+def wait_for(condition: object, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + 300
+    while not condition():  # type: ignore[operator]
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"the study exited ({proc.returncode}) before {what}: {out[-3000:]}")
+        assert time.monotonic() < deadline, f"not {what} within 5 minutes"
+        time.sleep(0.2)
+
+
+def assert_each_row_and_run_once(results: Path) -> None:
+    tables = results / "tables"
+    assert len(pd.read_parquet(tables / "trials")) == 2
+    for name, key in [("epochs", ["trial_key", "epoch"]), ("transfer", ["eval_key"])]:
+        df = pd.read_parquet(tables / name)
+        assert not df.duplicated(key).any(), name
+    for name in ("transfer", "fisher", "robustness", "inversion"):
+        df = pd.read_parquet(tables / name)
+        assert len(df) == df["eval_key"].nunique() > 0, name
+    mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["smoke"])
+    roles = runs["tags.atsweep.role"].value_counts().to_dict()
+    assert roles == {"study": 1, "trial": 2, "evaluation": 12}, roles
+    assert "RUNNING" not in set(runs["status"])
+
+
+def test_two_drivers_started_together_one_runs_and_one_refuses(tmp_path: Path) -> None:
+    path = smoke_spec(tmp_path)
+    drivers = [start_study("run", str(path), "--no-report", cwd=tmp_path) for _ in range(2)]
+    outs = [d.communicate(timeout=600)[0] for d in drivers]
+    codes = sorted(d.returncode for d in drivers)
+    assert codes == [0, 2], outs
+    refused = outs[[d.returncode for d in drivers].index(2)]
+    line = refused.strip().splitlines()
+    assert len(line) == 1 and "is being run by" in line[0] and "since" in line[0], refused
+    assert_each_row_and_run_once(tmp_path / "results")
+    lease = read_lease(str(tmp_path / "results"))
+    assert lease is not None and lease.released_at is not None
+
+
+def test_a_frozen_holder_is_taken_over_after_the_timeout_and_stops_writing(
+    tmp_path: Path,
+) -> None:
+    path = smoke_spec(tmp_path, epochs=6, timeout_s=4.0)
+    results = tmp_path / "results"
+    frozen = start_study("run", str(path), "--no-report", cwd=tmp_path)
+    try:
+        wait_for(lambda: running_trials(results) > 0, "a trial was running", frozen)
+        os.kill(frozen.pid, signal.SIGSTOP)  # alive, but its heartbeat stops
+        wait_for(
+            lambda: (
+                (r := read_lease(str(results))) is not None and time.time() - r.heartbeat_at > 4
+            ),
+            "the lease went stale",
+        )
+        taker = run_study("run", str(path), "--no-report", cwd=tmp_path)
+        assert taker.returncode == 0, taker.stdout[-3000:] + taker.stderr[-3000:]
+        assert "WARNING: taking over the study's lease from" in taker.stdout
+        assert "no heartbeat for" in taker.stdout
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    out, _ = frozen.communicate(timeout=300)
+    # Woken up, it finds the lease taken over before its next write, and stops.
+    assert frozen.returncode == 2, out[-3000:]
+    assert "was taken over by" in out and "nothing more is written" in out
+    assert_each_row_and_run_once(results)
