@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_gpu.py --json benchmarks/gpu.json
 	$(BIN)/python benchmarks/bench_evals.py --json benchmarks/evals.json
 	$(BIN)/python benchmarks/bench_search.py --json benchmarks/search.json
+	$(BIN)/python benchmarks/bench_scale.py --json benchmarks/scale.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,7 +1,19 @@
 """Scale benchmarks: what the driver costs as a study grows (issue goals in brackets).
 
-1. Sink scale                                                        (to come: not measured yet)
-2. Per-cell driver overhead of a real study at 10 and 200 cells      (to come: not measured yet)
+1. The sinks at 10, 1,000 and 50,000 evaluation rows, written as a study writes them (through
+   ParquetSink, a flush of 10 rows at a time: one part per flush, with a trials row for every
+   5 evaluations, and a table compacted once it has COMPACT_AFTER_PARTS parts, as the recorder
+   does): the time to open the study's tables (ParquetSink, which reads their keys) and of
+   `study status` (in this process, and as a fresh process), before and after the compaction
+   that ends a study run (each the median of 3)
+     - after compaction, at 50,000 rows: open and status                              [< 2 s]
+     - after compaction, growth of open and status from 1,000 to 50,000 rows           [< 3x]
+2. A real `study run` of trivially small trainings (digits, one epoch, 5 images a class, no
+   evaluations) at 10, 50 and 200 cells: the driver's time beyond the trainings, wall time minus
+   the trainings' time over the 2 trial slots. Its fixed part and its cost per cell come from
+   the three sizes (cost per cell = the slope between two sizes)
+     - overhead per cell at 200 cells over that at 10 (fixed part included)          [<= 1.2x]
+     - cost per added cell between 50 and 200 over that between 10 and 50            [<= 1.2x]
 3. Planning and validating a 10,000-cell grid (4 archs x 25 eps x 10 seeds x 10 digits class
    subsets, 3 transfer targets, Fisher, robustness at 3 radii with AutoAttack, 2 inversions:
    12 evaluations a cell), the spec generated here, never committed:
@@ -53,9 +65,11 @@ class Goal:
     bound: float
     unit: str = "s"
 
+    at_most: bool = False  # the bound itself still meets the goal (<=)
+
     @property
     def met(self) -> bool:
-        return self.value < self.bound
+        return self.value <= self.bound if self.at_most else self.value < self.bound
 
 
 @dataclass
@@ -67,12 +81,265 @@ class Section:
     lines: list[str] = field(default_factory=list)
 
 
-# ----- 1. sink scale (to come) --------------------------------------------------------------------
-# def sink_scale(args: argparse.Namespace, work: Path) -> Section: ...
+# ----- 1. sink scale ---------------------------------------------------------------------------
+SINK_ROWS = (10, 1_000, 50_000)
+ROWS_PER_FLUSH = 10
+SINK_GOAL_S, SINK_GROWTH_GOAL = 2.0, 3.0
 
 
-# ----- 2. per-cell driver overhead of a real study at 10 and 200 cells (to come) ------------------
-# def driver_overhead(args: argparse.Namespace, work: Path) -> Section: ...
+def transfer_row(i: int) -> dict[str, Any]:
+    return {
+        "eval_key": f"e{i:08d}",
+        "trial_key": f"t{i // 5:08d}",
+        "kind": "probe",
+        "source": "digits-c01234",
+        "arch": "small_cnn",
+        "norm": "l2",
+        "attack": "pgd7",
+        "eps": 0.01 * (i % 100),
+        "seed": i % 10,
+        "target": "digits-c56789",
+        "test_acc": 0.5,
+        "train_acc": 0.6,
+        "val_acc": 0.55,
+        "c": 1.0,
+        "n_train": 100,
+        "n_test": 50,
+        "feature_dim": 64,
+        "wall_time_s": 1.0,
+        "mlflow_run_id": f"r{i:08d}",
+    }
+
+
+def write_like_a_study(tables: Path, rows: int) -> tuple[int, int]:
+    """Evaluation rows (and a trials row per 5) through the sink, a flush every 10 rows and a
+    table compacted once it has COMPACT_AFTER_PARTS parts (Recorder.flush); returns the parts
+    written and the parts of the transfer table at the end."""
+    from study.recorder import COMPACT_AFTER_PARTS
+    from study.sinks.parquet import ParquetSink
+
+    sink = ParquetSink(tables)
+    flushes = 0
+    for i in range(rows):
+        sink.add("transfer", [transfer_row(i)])
+        if i % 5 == 0:
+            sink.add("trials", [{"trial_key": f"t{i // 5:08d}", "study": "scale"}])
+        if (i + 1) % ROWS_PER_FLUSH == 0:
+            sink.flush()
+            sink.compact(min_parts=COMPACT_AFTER_PARTS)
+            flushes += 1
+    sink.flush()
+    return flushes + 1, len(list((tables / "transfer").glob("part-*.parquet")))
+
+
+def time_open_and_status(spec_path: Path, tables: Path) -> dict[str, float]:
+    """Open the tables (ParquetSink), study status in this process and as a fresh process:
+    each the median of 3."""
+    from study.sinks.parquet import ParquetSink
+    from study.spec import load_spec
+    from study.status import study_status
+
+    spec = load_spec(spec_path)
+    opens, statuses, processes = [], [], []
+    for _ in range(3):
+        start = time.perf_counter()
+        ParquetSink(tables)
+        opened = time.perf_counter()
+        status = study_status(spec, with_mlflow=False)
+        statuses.append(time.perf_counter() - opened)
+        opens.append(opened - start)
+        assert status.rows["transfer"] > 0
+        proc_start = time.perf_counter()
+        subprocess.run(
+            [str(BIN / "study"), "status", str(spec_path)],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        processes.append(time.perf_counter() - proc_start)
+    return {
+        "open_s": statistics.median(opens),
+        "status_s": statistics.median(statuses),
+        "status_process_s": statistics.median(processes),
+    }
+
+
+def sink_scale(args: argparse.Namespace, work: Path) -> Section:
+    """1. Opening a study's tables and `study status`, at 10, 1,000 and 50,000 rows."""
+    from study.sinks.parquet import ParquetSink
+
+    numbers: dict[str, Any] = {}
+    lines = []
+    for rows in SINK_ROWS:
+        results = work / f"sink{rows}"
+        spec = results / "spec.yaml"
+        results.mkdir(parents=True)
+        spec.write_text(
+            yaml.safe_dump(
+                {
+                    "name": f"sink{rows}",
+                    "grid": {
+                        "sources": ["digits"],
+                        "archs": ["small_cnn"],
+                        "norms": ["l2"],
+                        "eps": [0.0],
+                        "seeds": [0],
+                    },
+                    "output": {"results_dir": str(results)},
+                }
+            )
+        )
+        print(f"  {rows} rows: writing ...", flush=True)
+        written = time.perf_counter()
+        flushes, parts = write_like_a_study(results / "tables", rows)
+        write_s = time.perf_counter() - written
+        before = time_open_and_status(spec, results / "tables")
+        compacted = time.perf_counter()
+        ParquetSink(results / "tables").compact()
+        compact_s = time.perf_counter() - compacted
+        after = time_open_and_status(spec, results / "tables")
+        numbers[str(rows)] = {
+            "flushes": flushes,
+            "parts": parts,
+            "write_s": write_s,
+            "compact_s": compact_s,
+            "before": before,
+            "after": after,
+        }
+        lines.append(
+            f"{rows:>6} rows in {flushes} flushes, {parts} parts of transfer at the end "
+            f"(written in {write_s:.1f} s): open "
+            f"{before['open_s']:.2f} s, status {before['status_s']:.2f} s "
+            f"({before['status_process_s']:.2f} s as a process); compacted in {compact_s:.2f} s: "
+            f"open {after['open_s']:.3f} s, status {after['status_s']:.3f} s "
+            f"({after['status_process_s']:.2f} s as a process)"
+        )
+    big, mid = numbers[str(SINK_ROWS[-1])]["after"], numbers[str(SINK_ROWS[1])]["after"]
+    goals = [
+        Goal("open, 50,000 rows, compacted (s)", big["open_s"], SINK_GOAL_S),
+        Goal("status, 50,000 rows, compacted (s)", big["status_s"], SINK_GOAL_S),
+        Goal(
+            "open growth 1,000 -> 50,000 rows (x)",
+            big["open_s"] / mid["open_s"],
+            SINK_GROWTH_GOAL,
+            "x",
+        ),
+        Goal(
+            "status growth 1,000 -> 50,000 rows (x)",
+            big["status_s"] / mid["status_s"],
+            SINK_GROWTH_GOAL,
+            "x",
+        ),
+    ]
+    return Section(numbers, goals, lines)
+
+
+# ----- 2. per-cell driver overhead of a real study ---------------------------------------------
+STUDY_CELLS = (10, 50, 200)
+SLOTS = 2  # trials at once: one CPU each on this 2-core machine kind
+OVERHEAD_GOAL = 1.2
+
+
+def tiny_study(cells: int, results: Path) -> dict[str, Any]:
+    """A grid of `cells` one-epoch trainings on a few digits, no evaluations."""
+    return {
+        "name": f"tiny{cells}",
+        "grid": {
+            "sources": [{"dataset": "digits", "classes": [0, 1, 2]}],
+            "archs": [{"name": "small_cnn", "width": 0.25}],
+            "norms": ["l2"],
+            "eps": [round(0.01 * i, 2) for i in range(cells // 10)],
+            "seeds": list(range(10)),
+        },
+        "training": {
+            "epochs": 1,
+            "batch_size": 16,
+            "optimizer": "adam",
+            "lr": 0.003,
+            "augment": "none",
+            "schedule": "constant",
+            "attack": {"steps": 1},
+            "eval_attack": {"steps": 1},
+        },
+        "data": {"max_per_class": 5, "max_test_per_class": 5},
+        "evaluations": {
+            "transfer": {"targets": [], "baselines": False},
+            "fisher": {"enabled": False},
+            "robustness": {"enabled": False},
+            "inversion": {"enabled": False},
+        },
+        "output": {"results_dir": str(results)},
+    }
+
+
+def run_tiny_study(cells: int, work: Path) -> dict[str, float]:
+    results = work / f"tiny{cells}"
+    spec = work / f"tiny{cells}.yaml"
+    spec.write_text(yaml.safe_dump(tiny_study(cells, results)))
+    start = time.perf_counter()
+    log = work / f"tiny{cells}.log"
+    with log.open("w") as handle:
+        proc = subprocess.run(
+            [str(BIN / "study"), "run", str(spec), "--no-report"],
+            cwd=ROOT,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"study run {spec} exited {proc.returncode}: see {log}")
+    import pandas as pd
+
+    trials = pd.read_parquet(results / "tables" / "trials")
+    if len(trials) != cells:
+        raise SystemExit(f"{spec}: {len(trials)} trials in the table, not {cells}")
+    training = float(trials["train_time_s"].sum())
+    overhead = wall - training / SLOTS
+    return {"wall_s": wall, "training_s": training, "overhead_s": overhead}
+
+
+def driver_overhead(args: argparse.Namespace, work: Path) -> Section:
+    """2. The driver's time beyond the trainings at 10, 50 and 200 cells."""
+    runs = {}
+    for cells in STUDY_CELLS:
+        print(f"  study run, {cells} cells ...", flush=True)
+        runs[cells] = run_tiny_study(cells, work)
+        print(f"    {runs[cells]['wall_s']:.1f} s", flush=True)
+    small, mid, big = STUDY_CELLS
+    per_cell = {c: runs[c]["overhead_s"] / c for c in STUDY_CELLS}
+    slope_low = (runs[mid]["overhead_s"] - runs[small]["overhead_s"]) / (mid - small)
+    slope_high = (runs[big]["overhead_s"] - runs[mid]["overhead_s"]) / (big - mid)
+    fixed = runs[small]["overhead_s"] - small * slope_low
+    numbers = {
+        "runs": {str(c): r for c, r in runs.items()},
+        "overhead_per_cell_s": {str(c): v for c, v in per_cell.items()},
+        "cost_per_cell_10_50_s": slope_low,
+        "cost_per_cell_50_200_s": slope_high,
+        "fixed_s": fixed,
+    }
+    lines = [
+        f"{c:>4} cells: wall {r['wall_s']:.1f} s, trainings {r['training_s']:.1f} s "
+        f"({SLOTS} at a time), overhead {r['overhead_s']:.1f} s = {per_cell[c]:.3f} s a cell"
+        for c, r in runs.items()
+    ]
+    lines.append(
+        f"cost per added cell: {slope_low:.3f} s (10 -> 50 cells), {slope_high:.3f} s "
+        f"(50 -> 200); fixed part {fixed:.1f} s"
+    )
+    goals = [
+        Goal(
+            "overhead a cell, 200 over 10 cells (x)",
+            per_cell[big] / per_cell[small],
+            OVERHEAD_GOAL,
+            "x",
+            True,
+        ),
+        Goal(
+            "cost a cell, 50-200 over 10-50 (x)", slope_high / slope_low, OVERHEAD_GOAL, "x", True
+        ),
+    ]
+    return Section(numbers, goals, lines)
 
 
 # ----- 3. planning and validating a 10,000-cell grid ----------------------------------------------
@@ -219,9 +486,10 @@ def grid_scale(args: argparse.Namespace, work: Path) -> Section:
     return Section(numbers, goals, lines)
 
 
-# The sections main() runs, by number (--only picks some); sections 1 and 2 go here when they
-# are written, as functions of (args, work) -> Section like grid_scale.
+# The sections main() runs, by number (--only picks some).
 SECTIONS: dict[str, tuple[str, Callable[[argparse.Namespace, Path], Section]]] = {
+    "1": ("The sinks at 10, 1,000 and 50,000 rows", sink_scale),
+    "2": ("The driver's cost per cell at 10, 50 and 200 cells", driver_overhead),
     "3": ("Planning and validating a 10,000-cell grid", grid_scale),
 }
 
@@ -256,7 +524,8 @@ def main() -> None:
             for goal in section.goals:
                 verdict = "MET" if goal.met else "NOT MET"
                 report.append(
-                    f"   {goal.label:<40} {goal.value:>8.3f}   goal < {goal.bound:g} {goal.unit}"
+                    f"   {goal.label:<40} {goal.value:>8.3f}   goal "
+                    f"{'<=' if goal.at_most else '<'} {goal.bound:g} {goal.unit}"
                     f"   {verdict}"
                 )
                 result["sections"][number].setdefault("goals", {})[goal.label] = {

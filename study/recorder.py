@@ -35,9 +35,12 @@ from trainables.config import TrainConfig, to_canonical
 
 Printer = Callable[[str], None]
 
-# Buffered epoch rows and metrics go out this often (and when a trial ends): each flush is a
-# parquet part of the epochs table and one MLflow call per running trial.
+# Buffered rows and metrics go out this often: each flush is a parquet part of each table that
+# has new rows and one MLflow call per run with new metrics.
 FLUSH_EVERY_S = 10.0
+# A table of this many parts is compacted at the next flush (a long study writes one per flush;
+# readers such as `study status` open each part), and every table when the study ends.
+COMPACT_AFTER_PARTS = 200
 PROPOSED_BY_TAG = "atsweep.proposed_by"
 RUN_PACKAGES = (
     *("atsweep", "torch", "torchvision", "ray", "mlflow", "optuna", "pyarrow", "pandas"),
@@ -356,7 +359,12 @@ class Recorder:
         """Write the buffered rows (a part per table) and send the buffered metrics."""
         with self.writing():
             self.parquet.flush()
-            self.mlflow.flush()
+            spent = self.mlflow.flush()
+            self.parquet.compact(min_parts=COMPACT_AFTER_PARTS)
+        # The metrics sent to the run of a trial that has ended are its evaluations' (mirrored
+        # on the trial's run, batched until the flush): their time is the evaluations' logging.
+        ended_trials = set(self.trial_runs.values()) - self.open_trial_runs
+        self._eval_mlflow_s += sum(t for run, t in spent.items() if run in ended_trials)
         self.last_flush = time.monotonic()
 
     def flush_if_due(self) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from study.evaluations import evaluation_tables
 from study.lease import describe_lease, read_lease
-from study.sinks.parquet import KEYS, read_table
+from study.sinks.parquet import KEYS, KeySet, read_table
 from study.spec import SweepSpec
 from trainables import storage
 
@@ -29,13 +29,13 @@ class StudyStatus:
 
 def run_states(spec: SweepSpec) -> tuple[dict[str, int], dict[str, int]]:
     """Counts of the study's trial and evaluation runs by MLflow status (RUNNING, FAILED...)."""
+    uri = spec.tracking_uri()
+    if uri.startswith("sqlite:///") and not storage.exists(uri.removeprefix("sqlite:///")):
+        return {}, {}  # never run: do not create an empty database by looking
     from mlflow.tracking import MlflowClient
 
     from study.sinks.mlflow import ROLE_TAG, iter_runs
 
-    uri = spec.tracking_uri()
-    if uri.startswith("sqlite:///") and not storage.exists(uri.removeprefix("sqlite:///")):
-        return {}, {}  # never run: do not create an empty database by looking
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(spec.name)
     counts: dict[str, Counter[str]] = {"trial": Counter(), "evaluation": Counter()}
@@ -59,13 +59,17 @@ def study_status(spec: SweepSpec, with_mlflow: bool = True) -> StudyStatus:
     for table, key in KEYS.items():
         # Only the key columns are read (and, of the trials, who proposed each).
         extra = ["proposed_by"] if table == "trials" else []
-        data = read_table(storage.join(tables, table), table, [*key, *extra]).to_pylist()
-        rows[table] = len({tuple(r[k] for k in key) for r in data})
-        if table == "trials" and spec.search is None:
-            done = {r["trial_key"] for r in data} & keys
-        elif table == "trials":
-            mine = spec.search.proposed_by()  # type: ignore[union-attr]
-            done = {r["trial_key"] for r in data if r["proposed_by"] == mine}
+        data = read_table(storage.join(tables, table), table, [*key, *extra])
+        rows[table] = len(KeySet(data, tuple(key)))
+        if table != "trials":
+            continue
+        trial_keys = data.column("trial_key").to_pylist()
+        if spec.search is None:
+            done = set(trial_keys) & keys
+        else:
+            mine = spec.search.proposed_by()
+            by = data.column("proposed_by").to_pylist()
+            done = {k for k, p in zip(trial_keys, by, strict=True) if p == mine}
     trial_runs: dict[str, int] = {}
     eval_runs: dict[str, int] = {}
     error = None

@@ -254,13 +254,20 @@ class MlflowSink:
         self.end_run(run_id, "FAILED", tags={ERROR_TAG: error[:_MAX_ERROR_LEN]})
         self._with_error.add(run_id)
 
-    def flush(self, run_id: str | None = None, tags: Mapping[str, str] | None = None) -> None:
-        """Send buffered metrics with log_batch (all runs, or one run with these tags too)."""
+    def flush(
+        self, run_id: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> dict[str, float]:
+        """Send buffered metrics with log_batch (all runs, or one run with these tags too);
+        returns the seconds spent on each run (the study splits its logging time by run)."""
         run_ids = [run_id] if run_id is not None else list(self._metrics)
+        spent: dict[str, float] = {}
         for rid in run_ids:
+            start = self.client.seconds
             self._log_batches(
                 rid, metrics=self._metrics.pop(rid, []), tags=tags if rid == run_id else None
             )
+            spent[rid] = self.client.seconds - start
+        return spent
 
     def end_run(
         self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None

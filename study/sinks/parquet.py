@@ -9,6 +9,7 @@ already in the table is never written again, so re-running a study adds no dupli
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -191,10 +192,13 @@ REPLACES_KEY = "atsweep.replaces"
 _READ_ATTEMPTS = 5
 
 
-def _read_parts(folder: str | Path, columns: list[str] | None = None) -> list[tuple[str, pa.Table]]:
-    """(name, table) of each part a reader should see: every part, minus those a compacted
-    part replaces. A part that vanishes while it is read (a compaction removed it after
-    writing the part that holds its rows) makes the reader list the folder again."""
+def _read_parts(
+    folder: str | Path, columns: list[str] | None = None
+) -> tuple[list[str], list[tuple[str, pa.Table]]]:
+    """The names of the part files found, and (name, table) of each part a reader should see:
+    every part, minus those a compacted part replaces. A part that vanishes while it is read (a
+    compaction removed it after writing the part that holds its rows) makes the reader list the
+    folder again."""
     fs, base = storage.resolve(folder)
     for attempt in range(_READ_ATTEMPTS):
         names = sorted(p.rsplit("/", 1)[-1] for p in part_files(folder))
@@ -210,15 +214,20 @@ def _read_parts(folder: str | Path, columns: list[str] | None = None) -> list[tu
             raw = (part.schema.metadata or {}).get(REPLACES_KEY.encode())
             if raw:
                 replaced.update(json.loads(raw))
-        return [(n, part) for n, part in parts if n not in replaced]
-    return []
+        return names, [(n, part) for n, part in parts if n not in replaced]
+    return [], []
 
 
 def _read_part(fs: pa.fs.FileSystem, path: str, columns: list[str] | None) -> pa.Table:
+    """One part (the given columns of it, those it has), opened once."""
     if columns is None:
         return pq.read_table(path, filesystem=fs)
-    present = set(pq.read_schema(path, filesystem=fs).names)
-    return pq.read_table(path, filesystem=fs, columns=[c for c in columns if c in present])
+    with fs.open_input_file(path) as handle:
+        part = pq.ParquetFile(handle)
+        present = set(part.schema_arrow.names)
+        table: pa.Table = part.read(columns=[c for c in columns if c in present])
+        # ParquetFile.read keeps the file's key-value metadata (the compaction's replaces list).
+        return table
 
 
 def read_table(folder: str | Path, table: str, columns: list[str] | None = None) -> pa.Table:
@@ -229,7 +238,7 @@ def read_table(folder: str | Path, table: str, columns: list[str] | None = None)
         schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
     parts = [
         conform(part, schema, storage.join(folder, name))
-        for name, part in _read_parts(folder, columns)
+        for name, part in _read_parts(folder, columns)[1]
     ]
     if not parts:
         return schema.empty_table()
@@ -273,29 +282,84 @@ def compact_table(folder: str | Path, table: str) -> Compaction:
     part of the current schema with no repeated key is left as it is. Only the study's
     lease holder compacts (a writer appending meanwhile would have its part deleted).
     """
-    names = sorted(p.rsplit("/", 1)[-1] for p in part_files(folder))
-    fs, base = storage.resolve(folder)
-    current = all(_version(fs, f"{base}/{n}") == SCHEMA_VERSION for n in names)
-    data = read_table(folder, table)
+    names, parts = _read_parts(folder)
+    schema = schema_with_metadata(table)
+    current = all(_version(part) == SCHEMA_VERSION for _, part in parts)
+    data = pa.concat_tables(
+        [conform(part, schema, storage.join(folder, name)) for name, part in parts]
+        or [schema.empty_table()]
+    )
     unique, duplicates = unique_by_key(data, tuple(KEYS[table]))
     if len(names) <= 1 and current and duplicates == 0:
         return Compaction(table, len(names), unique.num_rows, 0)
-    metadata = {
-        **(schema_with_metadata(table).metadata or {}),
-        REPLACES_KEY.encode(): json.dumps(names).encode(),
-    }
+    metadata = {**(schema.metadata or {}), REPLACES_KEY.encode(): json.dumps(names).encode()}
     write_part_atomically(folder, unique.replace_schema_metadata(metadata))
+    fs, base = storage.resolve(folder)
     for name in names:
-        storage.remove(storage.join(folder, name))
+        delete_part(fs, f"{base}/{name}")
     return Compaction(table, len(names), unique.num_rows, duplicates)
 
 
-def _version(fs: pa.fs.FileSystem, path: str) -> int:
-    metadata = pq.read_schema(path, filesystem=fs).metadata or {}
+def delete_part(fs: pa.fs.FileSystem, path: str) -> None:
+    """Remove a part a compaction replaced (gone already: no error)."""
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_file(path)
+
+
+def _version(part: pa.Table) -> int:
+    metadata = part.schema.metadata or {}
     try:
         return int(metadata.get(b"atsweep.schema_version", b"1").decode())
     except ValueError:
         return 0
+
+
+# Above this many rows a two-column key is grouped by pyarrow (its first group_by in a process
+# costs about 0.4 s to set up; a Python loop is cheaper below).
+_GROUP_IN_ARROW_ROWS = 200_000
+
+
+class KeySet:
+    """The keys of one table, held cheaply at a study's scale: plain values for a one-column key
+    (eval_key, trial_key), and per value of the first column the set of the second for a
+    two-column one (epochs: trial_key -> epochs), built by pyarrow, not row by row."""
+
+    def __init__(self, data: pa.Table, key: tuple[str, ...]) -> None:
+        self.width = len(key)
+        self._flat: set[Any] = set()
+        self._nested: dict[Any, set[Any]] = {}
+        if self.width == 1:
+            self._flat = set(data.column(key[0]).to_pylist())
+        elif self.width == 2 and data.num_rows > _GROUP_IN_ARROW_ROWS:
+            grouped = data.group_by(key[0]).aggregate([(key[1], "list")])
+            firsts = grouped.column(key[0]).to_pylist()
+            seconds = grouped.column(f"{key[1]}_list").to_pylist()
+            self._nested = {a: set(b) for a, b in zip(firsts, seconds, strict=True)}
+        elif self.width == 2:
+            for a, b in zip(*(data.column(k).to_pylist() for k in key), strict=True):
+                self._nested.setdefault(a, set()).add(b)
+        else:
+            self._flat = set(zip(*(data.column(k).to_pylist() for k in key), strict=True))
+
+    def __len__(self) -> int:
+        if self.width == 2:
+            return sum(len(seconds) for seconds in self._nested.values())
+        return len(self._flat)
+
+    def __contains__(self, key: tuple[Any, ...]) -> bool:
+        if self.width == 1:
+            return key[0] in self._flat
+        if self.width == 2:
+            return key[1] in self._nested.get(key[0], ())
+        return key in self._flat
+
+    def add(self, key: tuple[Any, ...]) -> None:
+        if self.width == 1:
+            self._flat.add(key[0])
+        elif self.width == 2:
+            self._nested.setdefault(key[0], set()).add(key[1])
+        else:
+            self._flat.add(key)
 
 
 class ParquetSink:
@@ -306,25 +370,31 @@ class ParquetSink:
 
     def __init__(self, tables_dir: str | Path) -> None:
         self.tables_dir = str(tables_dir)
-        self._keys: dict[str, set[tuple[Any, ...]]] = {}
+        self._keys: dict[str, KeySet] = {}
         self._buffer: dict[str, list[Mapping[str, Any]]] = {}
         self.seconds = 0.0  # wall time spent writing parts
         self.seconds_by_table: dict[str, float] = {}
+        self.parts: dict[str, int] = {}  # part files of each table, as this sink knows them
         for table in SCHEMAS:
             self._keys_of(table)
 
-    def _keys_of(self, table: str) -> set[tuple[Any, ...]]:
+    def _keys_of(self, table: str) -> KeySet:
         """The keys in a table, read once (a table declared after the sink opened: on first
         use). A table with no part gets an empty one, so that readers find its schema."""
         if table not in self._keys:
             folder = storage.join(self.tables_dir, table)
             if not part_files(folder):
                 write_part_atomically(folder, schema_with_metadata(table).empty_table())
-            key = list(KEYS[table])
-            existing = read_table(folder, table, columns=key)
-            self._keys[table] = set(
-                zip(*(existing.column(k).to_pylist() for k in key), strict=True)
+            key = tuple(KEYS[table])
+            names, parts = _read_parts(folder, list(key))
+            schema = schema_with_metadata(table)
+            projected = pa.schema([schema.field(c) for c in key])
+            data = pa.concat_tables(
+                [conform(part, projected, storage.join(folder, n)) for n, part in parts]
+                or [projected.empty_table()]
             )
+            self._keys[table] = KeySet(data, key)
+            self.parts[table] = len(names)
         return self._keys[table]
 
     def has(self, table: str, *key: Any) -> bool:
@@ -336,8 +406,9 @@ class ParquetSink:
         schema = SCHEMAS[table]
         known = self._keys_of(table)
         fresh: list[Mapping[str, Any]] = []
+        names = set(schema.names)
         for row in rows:
-            missing = [n for n in row if n not in schema.names]
+            missing = [n for n in row if n not in names]
             if missing:
                 raise KeyError(f"columns {missing} are not in the {table} schema")
             key = tuple(row[k] for k in KEYS[table])
@@ -370,16 +441,23 @@ class ParquetSink:
                     storage.join(self.tables_dir, name),
                     pa.Table.from_pylist(rows, schema=schema_with_metadata(name)),
                 )
+                self.parts[name] = self.parts.get(name, 0) + 1
             finally:
                 spent = time.perf_counter() - start
                 self.seconds += spent
                 self.seconds_by_table[name] = self.seconds_by_table.get(name, 0.0) + spent
 
-    def compact(self) -> list[Compaction]:
-        """Flush, then compact every table (see compact_table)."""
+    def compact(self, min_parts: int = 1) -> list[Compaction]:
+        """Flush, then compact every table of at least min_parts parts (see compact_table)."""
         self.flush()
-        start = time.perf_counter()
-        try:
-            return [compact_table(storage.join(self.tables_dir, t), t) for t in SCHEMAS]
-        finally:
-            self.seconds += time.perf_counter() - start
+        done = []
+        for table in SCHEMAS:
+            if self.parts.get(table, 0) < min_parts:
+                continue
+            start = time.perf_counter()
+            try:
+                done.append(compact_table(storage.join(self.tables_dir, table), table))
+                self.parts[table] = 1
+            finally:
+                self.seconds += time.perf_counter() - start
+        return done

@@ -86,6 +86,9 @@ def test_killed_driver_rerun_resumes_from_checkpoints_without_duplicates(tmp_pat
 
     second = run_study("run", str(path), "--no-report", cwd=tmp_path)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    # The killed driver's lease is taken over at once: its process on this machine is gone.
+    assert "WARNING: taking over the study's lease from" in second.stdout
+    assert "on this machine is gone" in second.stdout
     results = tmp_path / "results"
     trials = pd.read_parquet(results / "tables" / "trials")
     epochs = pd.read_parquet(results / "tables" / "epochs")

@@ -203,22 +203,28 @@ def read_while_compacting(tables: str, parts: int = 24) -> None:
                 failures.append(exc)
                 return
 
-    remove = storage.remove
+    from study.sinks import parquet
 
-    def remove_and_read(location: str) -> None:
+    delete = parquet.delete_part
+
+    calls = [0]
+
+    def delete_and_read(fs: object, path: str) -> None:
+        calls[0] += 1
         check()  # the merged part and the parts it replaces both exist here
-        remove(location)
+        delete(fs, path)  # type: ignore[arg-type]
         check()
 
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        with mock.patch.object(storage, "remove", remove_and_read):
+        with mock.patch.object(parquet, "delete_part", delete_and_read):
             done_compaction = compact_table(folder, "epochs")
     finally:
         done.set()
         thread.join()
     assert not failures, failures[0]
+    assert calls[0] == parts + 1  # every deletion was read around
     # The old-schema part and one part per append (the sink found a part: no empty one).
     assert done_compaction.parts_before == parts + 1 and done_compaction.rows == len(expected)
     assert len(part_files(folder)) == 1
@@ -258,3 +264,17 @@ def test_compaction_removes_repeated_keys_and_keeps_the_first_written(tmp_path: 
     df = pd.read_parquet(folder)
     assert sorted(df["epoch"]) == [0, 1, 2] and 7.0 not in set(df["train_loss"])
     assert compact_table(folder, "epochs").changed is False  # one current part: left alone
+
+
+def test_a_table_is_compacted_once_it_has_enough_parts(tmp_path: Path) -> None:
+    sink = ParquetSink(tmp_path / "tables")
+    for i in range(4):
+        sink.append("epochs", epoch_rows(f"t{i}", range(2)))
+    folder = tmp_path / "tables" / "epochs"
+    assert sink.parts["epochs"] == 5 == len(part_files(folder))  # the empty part and 4 more
+    assert [c.table for c in sink.compact(min_parts=6)] == []  # not yet
+    sink.add("epochs", epoch_rows("t9", range(2)))
+    done = sink.compact(min_parts=6)  # the buffered rows are written first: 6 parts
+    assert [(c.table, c.parts_before, c.rows) for c in done] == [("epochs", 6, 10)]
+    assert len(part_files(folder)) == 1 and sink.parts["epochs"] == 1
+    assert ParquetSink(tmp_path / "tables").parts["epochs"] == 1  # as a new sink finds it
