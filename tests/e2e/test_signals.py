@@ -14,7 +14,7 @@ import pytest
 
 from study.lease import read_lease
 from tests.conftest import run_study, start_study
-from tests.e2e.test_lease import running_trials, smoke_spec, wait_for
+from tests.drivers import running_trials, smoke_spec, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -134,6 +134,12 @@ def test_submit_runs_a_study_on_two_nodes_with_token_auth(tmp_path: Path) -> Non
         assert state == "SUCCEEDED", logs[-3000:]
         assert f"job {job_id}: SUCCEEDED" in text
         assert "2/2 trials done" in text
+        # The job's driver held the study's lease, as Ray job JOB_ID, and released it.
+        from study.lease import read_lease
+
+        lease = read_lease(str(tmp_path / "results"))
+        assert lease is not None and lease.ray_job == job_id and lease.released_at is not None
+        assert f"(Ray job {job_id})" in text and "lease: free" in text
 
         trials = pd.read_parquet(tmp_path / "results" / "tables" / "trials")
         assert len(trials) == 2
