@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from study.evaluations import evaluation_tables
 from study.lease import describe_lease, read_lease
-from study.sinks.parquet import KEYS, KeySet, read_table
+from study.sinks.parquet import KEYS, KeySet, read_key_columns
 from study.spec import SweepSpec
 from trainables import storage
 
@@ -48,28 +51,32 @@ def run_states(spec: SweepSpec) -> tuple[dict[str, int], dict[str, int]]:
     return dict(counts["trial"]), dict(counts["evaluation"])
 
 
+def trials_done(trials: pa.Table, spec: SweepSpec, cells: set[str]) -> int:
+    """How many distinct trials of this study the trials table holds (of a grid: its cells; of
+    a search: the trials it proposed), counted by pyarrow."""
+    column = trials.column("trial_key")
+    if spec.search is None:
+        mine = pc.is_in(column, value_set=pa.array(sorted(cells), pa.string()))
+    else:
+        mine = pc.equal(trials.column("proposed_by"), spec.search.proposed_by())
+    return int(pc.count_distinct(column.filter(pc.fill_null(mine, False))).as_py())
+
+
 def study_status(spec: SweepSpec, with_mlflow: bool = True) -> StudyStatus:
     """Count the grid's trials already in the trials table, the rows of every table and, when
     with_mlflow, the study's runs by state."""
     tables = storage.join(spec.results_dir(), "tables")
-    keys = {c.key for c in spec.expand()}
-    total = spec.search.num_trials if spec.search is not None else len(keys)
-    done: set[str] = set()
+    cells = {c.key for c in spec.expand()}
+    total = spec.search.num_trials if spec.search is not None else len(cells)
+    done = 0
     rows: dict[str, int] = {}
     for table, key in KEYS.items():
         # Only the key columns are read (and, of the trials, who proposed each).
-        extra = ["proposed_by"] if table == "trials" else []
-        data = read_table(storage.join(tables, table), table, [*key, *extra])
-        rows[table] = len(KeySet(data, tuple(key)))
-        if table != "trials":
-            continue
-        trial_keys = data.column("trial_key").to_pylist()
-        if spec.search is None:
-            done = set(trial_keys) & keys
-        else:
-            mine = spec.search.proposed_by()
-            by = data.column("proposed_by").to_pylist()
-            done = {k for k, p in zip(trial_keys, by, strict=True) if p == mine}
+        extra = ("proposed_by",) if table == "trials" else ()
+        data, unique, _ = read_key_columns(storage.join(tables, table), table, extra)
+        rows[table] = len(KeySet(data, tuple(key), unique))
+        if table == "trials":
+            done = trials_done(data, spec, cells)
     trial_runs: dict[str, int] = {}
     eval_runs: dict[str, int] = {}
     error = None
@@ -79,7 +86,7 @@ def study_status(spec: SweepSpec, with_mlflow: bool = True) -> StudyStatus:
         except Exception as exc:  # a status report must not fail on an unreachable server
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     lease = describe_lease(read_lease(spec.results_dir()), spec.output.lease_timeout_s)
-    return StudyStatus(spec.name, total, len(done), rows, trial_runs, eval_runs, error, lease)
+    return StudyStatus(spec.name, total, done, rows, trial_runs, eval_runs, error, lease)
 
 
 def format_status(status: StudyStatus) -> str:

@@ -189,7 +189,22 @@ def conform(part: pa.Table, schema: pa.Schema, source: str = "a part") -> pa.Tab
 # A compacted part's metadata lists the parts it replaces (JSON list of base names); readers
 # skip those while they still exist. analysis/tables.py reads the same key.
 REPLACES_KEY = "atsweep.replaces"
+# A part whose metadata says so holds each key at most once (the sink's flushes and the
+# compaction write such parts): a table that is one such part counts its keys by its row count.
+UNIQUE_KEY = "atsweep.unique_keys"
 _READ_ATTEMPTS = 5
+
+
+def with_unique_keys(table: pa.Table) -> pa.Table:
+    """The table, its metadata saying that each key is in it at most once."""
+    return table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), UNIQUE_KEY.encode(): b"1"}
+    )
+
+
+def unique_keys(parts: list[tuple[str, pa.Table]]) -> bool:
+    """Whether the parts a reader sees are one part that holds each key at most once."""
+    return len(parts) == 1 and UNIQUE_KEY.encode() in (parts[0][1].schema.metadata or {})
 
 
 def _read_parts(
@@ -245,6 +260,22 @@ def read_table(folder: str | Path, table: str, columns: list[str] | None = None)
     return pa.concat_tables(parts)
 
 
+def read_key_columns(
+    folder: str | Path, table: str, extra: tuple[str, ...] = ()
+) -> tuple[pa.Table, bool, int]:
+    """A table's key columns (and the extra ones) as readers see them, whether each key is in
+    them once for certain (one part marked UNIQUE_KEY), and how many part files it has."""
+    columns = [*KEYS[table], *extra]
+    names, parts = _read_parts(folder, columns)
+    schema = schema_with_metadata(table)
+    projected = pa.schema([schema.field(c) for c in columns])
+    data = pa.concat_tables(
+        [conform(part, projected, storage.join(folder, n)) for n, part in parts]
+        or [projected.empty_table()]
+    )
+    return data, unique_keys(parts), len(names)
+
+
 def unique_by_key(data: pa.Table, key: tuple[str, ...]) -> tuple[pa.Table, int]:
     """The rows whose key has not appeared before (the first written wins), and how many
     repeated ones were left out."""
@@ -279,8 +310,9 @@ def compact_table(folder: str | Path, table: str) -> Compaction:
     The merged part is written first (atomically, listing the parts it replaces in its
     metadata, so that readers skip them while they exist), then the replaced parts are
     deleted: at no moment does a reader see a row twice or miss one. A table that is one
-    part of the current schema with no repeated key is left as it is. Only the study's
-    lease holder compacts (a writer appending meanwhile would have its part deleted).
+    part of the current schema, marked as holding each key once (UNIQUE_KEY), is left as it
+    is. Only the study's lease holder compacts (a writer appending meanwhile would have its
+    part deleted).
     """
     names, parts = _read_parts(folder)
     schema = schema_with_metadata(table)
@@ -290,10 +322,10 @@ def compact_table(folder: str | Path, table: str) -> Compaction:
         or [schema.empty_table()]
     )
     unique, duplicates = unique_by_key(data, tuple(KEYS[table]))
-    if len(names) <= 1 and current and duplicates == 0:
+    if len(names) <= 1 and current and duplicates == 0 and (not parts or unique_keys(parts)):
         return Compaction(table, len(names), unique.num_rows, 0)
     metadata = {**(schema.metadata or {}), REPLACES_KEY.encode(): json.dumps(names).encode()}
-    write_part_atomically(folder, unique.replace_schema_metadata(metadata))
+    write_part_atomically(folder, with_unique_keys(unique.replace_schema_metadata(metadata)))
     fs, base = storage.resolve(folder)
     for name in names:
         delete_part(fs, f"{base}/{name}")
@@ -320,14 +352,27 @@ _GROUP_IN_ARROW_ROWS = 200_000
 
 
 class KeySet:
-    """The keys of one table, held cheaply at a study's scale: plain values for a one-column key
-    (eval_key, trial_key), and per value of the first column the set of the second for a
-    two-column one (epochs: trial_key -> epochs), built by pyarrow, not row by row."""
+    """The keys of one table, held cheaply at a study's scale.
 
-    def __init__(self, data: pa.Table, key: tuple[str, ...]) -> None:
+    Opening keeps the key columns as pyarrow read them; the Python structure that answers one
+    key at a time (plain values for a one-column key such as eval_key, per value of the first
+    column the set of the second for epochs' (trial_key, epoch)) is built on the first
+    question or addition, once. Counting a table that is one part of unique keys needs neither
+    (its row count)."""
+
+    def __init__(self, data: pa.Table, key: tuple[str, ...], unique: bool = False) -> None:
+        self.key = key
         self.width = len(key)
+        self._data: pa.Table | None = data
+        self._unique = unique
         self._flat: set[Any] = set()
         self._nested: dict[Any, set[Any]] = {}
+
+    def _built(self) -> KeySet:
+        data, self._data = self._data, None
+        if data is None:
+            return self
+        key = self.key
         if self.width == 1:
             self._flat = set(data.column(key[0]).to_pylist())
         elif self.width == 2 and data.num_rows > _GROUP_IN_ARROW_ROWS:
@@ -340,13 +385,18 @@ class KeySet:
                 self._nested.setdefault(a, set()).add(b)
         else:
             self._flat = set(zip(*(data.column(k).to_pylist() for k in key), strict=True))
+        return self
 
     def __len__(self) -> int:
+        if self._data is not None and self._unique:
+            return int(self._data.num_rows)
+        self._built()
         if self.width == 2:
             return sum(len(seconds) for seconds in self._nested.values())
         return len(self._flat)
 
     def __contains__(self, key: tuple[Any, ...]) -> bool:
+        self._built()
         if self.width == 1:
             return key[0] in self._flat
         if self.width == 2:
@@ -354,6 +404,7 @@ class KeySet:
         return key in self._flat
 
     def add(self, key: tuple[Any, ...]) -> None:
+        self._built()
         if self.width == 1:
             self._flat.add(key[0])
         elif self.width == 2:
@@ -384,17 +435,12 @@ class ParquetSink:
         if table not in self._keys:
             folder = storage.join(self.tables_dir, table)
             if not part_files(folder):
-                write_part_atomically(folder, schema_with_metadata(table).empty_table())
+                write_part_atomically(
+                    folder, with_unique_keys(schema_with_metadata(table).empty_table())
+                )
             key = tuple(KEYS[table])
-            names, parts = _read_parts(folder, list(key))
-            schema = schema_with_metadata(table)
-            projected = pa.schema([schema.field(c) for c in key])
-            data = pa.concat_tables(
-                [conform(part, projected, storage.join(folder, n)) for n, part in parts]
-                or [projected.empty_table()]
-            )
-            self._keys[table] = KeySet(data, key)
-            self.parts[table] = len(names)
+            data, unique, self.parts[table] = read_key_columns(folder, table)
+            self._keys[table] = KeySet(data, key, unique)
         return self._keys[table]
 
     def has(self, table: str, *key: Any) -> bool:
@@ -437,9 +483,10 @@ class ParquetSink:
                 continue
             start = time.perf_counter()
             try:
+                # The buffered rows' keys are new (add): each is in the part once.
                 write_part_atomically(
                     storage.join(self.tables_dir, name),
-                    pa.Table.from_pylist(rows, schema=schema_with_metadata(name)),
+                    with_unique_keys(pa.Table.from_pylist(rows, schema=schema_with_metadata(name))),
                 )
                 self.parts[name] = self.parts.get(name, 0) + 1
             finally:

@@ -278,3 +278,58 @@ def test_a_table_is_compacted_once_it_has_enough_parts(tmp_path: Path) -> None:
     assert [(c.table, c.parts_before, c.rows) for c in done] == [("epochs", 6, 10)]
     assert len(part_files(folder)) == 1 and sink.parts["epochs"] == 1
     assert ParquetSink(tmp_path / "tables").parts["epochs"] == 1  # as a new sink finds it
+
+
+def test_a_table_is_counted_by_its_distinct_keys_whoever_wrote_it(tmp_path: Path) -> None:
+    """One part written by another program may repeat a key: counted once. The sink's parts and
+    a compacted part say they hold each key once, and count by their rows."""
+    import pyarrow as pa
+
+    from study.sinks.parquet import (
+        UNIQUE_KEY,
+        KeySet,
+        compact_table,
+        read_key_columns,
+        schema_with_metadata,
+        write_part_atomically,
+    )
+
+    folder = tmp_path / "tables" / "epochs"
+    twice = epoch_rows("a", range(3)) + epoch_rows("a", range(2))  # (a, 0) and (a, 1) twice
+    part = pa.Table.from_pylist(twice, schema=schema_with_metadata("epochs"))
+    write_part_atomically(folder, part)
+    data, unique, parts = read_key_columns(folder, "epochs")
+    assert (unique, parts, data.num_rows) == (False, 1, 5)
+    assert len(KeySet(data, ("trial_key", "epoch"), unique)) == 3
+    sink = ParquetSink(tmp_path / "tables")
+    assert sink.has("epochs", "a", 2) and not sink.has("epochs", "a", 3)
+    assert sink.append("epochs", epoch_rows("a", range(5))) == 2  # epochs 3 and 4 only
+
+    done = compact_table(folder, "epochs")
+    assert (done.parts_before, done.rows, done.duplicates) == (2, 5, 2)
+    (merged,) = part_files(folder)
+    assert UNIQUE_KEY.encode() in pq.read_schema(merged).metadata
+    data, unique, _ = read_key_columns(folder, "epochs")
+    assert unique and len(KeySet(data, ("trial_key", "epoch"), unique)) == 5
+    assert ParquetSink(tmp_path / "tables").has("epochs", "a", 4)
+
+
+def test_compaction_marks_a_lone_part_of_unknown_keys_once(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from study.sinks.parquet import (
+        compact_table,
+        read_key_columns,
+        schema_with_metadata,
+        write_part_atomically,
+    )
+
+    folder = tmp_path / "tables" / "epochs"
+    rows = pa.Table.from_pylist(epoch_rows("a", range(3)), schema=schema_with_metadata("epochs"))
+    write_part_atomically(folder, rows)  # unique in fact, but not marked as such
+    assert read_key_columns(folder, "epochs")[1] is False
+    compact_table(folder, "epochs")  # rewritten once, marked
+    assert read_key_columns(folder, "epochs")[1] is True
+    (part,) = part_files(folder)
+    compact_table(folder, "epochs")  # then left alone
+    assert part_files(folder) == [part]
