@@ -175,6 +175,8 @@ BUILTIN_MODELS = (
     "resnet50",
     "preact_resnet18",
     "wrn28_10",
+    "wrn34_10",
+    "wrn70_16",
     "tv_resnet18",
     "tv_resnet50",
     "tv_wide_resnet50_2",

@@ -20,8 +20,10 @@ Formats (`load_external_checkpoint(..., format=...)`):
 Key mapping for the external formats, per (format, arch) in MAPPINGS: strip 'module.', take
 the normaliser, drop ignored prefixes, strip the network prefix ('model.'), rename the final
 linear layer (`linear` for robustness/RobustBench CIFAR ResNets, `fc` for torchvision and the
-RobustBench WideResNet, `logits` also accepted for the latter) to 'head', and prefix everything
-else with 'body.' (our bodies use the libraries' own module names, see trainables/models).
+RobustBench WideResNet, `logits` also accepted for the latter, `logits` for the DeepMind
+WideResNet) to 'head', and prefix everything else with 'body.' (our bodies use the libraries'
+own module names, see trainables/models). A format whose reference keeps its normalisation in
+code (RobustBench's DMWideResNet) must be given mean and std.
 Loading is strict afterwards: any missing or unexpected key, or any shape mismatch, raises
 CheckpointImportError naming the file, format, arch and keys. Only BatchNorm
 'num_batches_tracked' counters, absent from checkpoints of old PyTorch versions, may be missing
@@ -69,6 +71,9 @@ class KeyMapping:
     head: tuple[str, ...]
     ignore: tuple[str, ...] = ()
     normalizer: tuple[tuple[str, str], ...] = ()
+    # The reference keeps its normalisation in code, not in its checkpoints: without an
+    # override the import stops and names these constants instead of assuming raw inputs.
+    normalization_in_code: str = ""
 
 
 _ROBUSTNESS_NORMALIZER = (("normalizer.new_mean", "normalizer.new_std"),)
@@ -84,6 +89,19 @@ ROBUSTBENCH_RESNET = KeyMapping("model.", ("linear",), (), _ROBUSTBENCH_NORMALIZ
 # RobustBench / TRADES WideResNet: `fc` (or `logits`); some checkpoints (Carmon et al. 2019,
 # sub_block1=True) hold an unused `sub_block1` that the forward pass never touches.
 ROBUSTBENCH_WRN = KeyMapping("model.", ("fc", "logits"), ("sub_block1.",), _ROBUSTBENCH_NORMALIZER)
+# RobustBench DMWideResNet (DeepMind, Swish): final layer `logits`; its mean and std are
+# non-persistent buffers set from the dataset in RobustBench's code.
+ROBUSTBENCH_DM = KeyMapping(
+    "model.",
+    ("logits",),
+    (),
+    _ROBUSTBENCH_NORMALIZER,
+    normalization_in_code=(
+        "RobustBench's CIFAR-10 models use mean (0.4914, 0.4822, 0.4465) and std "
+        "(0.2471, 0.2435, 0.2616), its CIFAR-100 models mean (0.5071, 0.4865, 0.4409) and std "
+        "(0.2673, 0.2564, 0.2762)"
+    ),
+)
 # RobustBench ImageNet: a torchvision model, usually inside normalize_model ('model.' prefix).
 ROBUSTBENCH_TORCHVISION = KeyMapping("model.", ("fc",), (), _ROBUSTBENCH_NORMALIZER)
 
@@ -96,6 +114,8 @@ MAPPINGS: dict[tuple[str, str], KeyMapping] = {
     ("robustbench", "resnet50"): ROBUSTBENCH_RESNET,
     ("robustbench", "preact_resnet18"): ROBUSTBENCH_RESNET,
     ("robustbench", "wrn28_10"): ROBUSTBENCH_WRN,
+    ("robustbench", "wrn34_10"): ROBUSTBENCH_WRN,
+    ("robustbench", "wrn70_16"): ROBUSTBENCH_DM,
     **{("robustbench", arch): ROBUSTBENCH_TORCHVISION for arch in _TORCHVISION},
 }
 
@@ -316,6 +336,11 @@ def load_external_checkpoint(
             )
         mapped, norm, dropped = _map_external(state, mapping)
         ignored += dropped
+        if norm is None and mean is None and mapping.normalization_in_code:
+            raise CheckpointImportError(
+                f"{path}: a {fmt} checkpoint of {arch} holds no normalisation (its code sets "
+                f"it): pass mean= and std=; {mapping.normalization_in_code}"
+            )
 
     expected = model.state_dict()
     from_file = set(mapped)  # our keys whose tensors come from the file

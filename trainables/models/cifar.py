@@ -7,8 +7,12 @@ body by a prefix rename (trainables/checkpoint_import.py):
   blocks conv1/bn1/conv2/bn2[/conv3/bn3]/shortcut; its final layer `linear` is our head).
 * preact_resnet18: Rice et al. 2020 / RobustBench PreActResNet (conv1, layer1..layer4, bn;
   blocks bn1/conv1/bn2/conv2[/shortcut]; final layer `linear`).
-* wrn28_10: RobustBench / TRADES WideResNet (conv1, block1..block3 each `.layer.<i>`, bn1;
-  blocks bn1/conv1/bn2/conv2[/convShortcut]; final layer `fc`).
+* wrn28_10, wrn34_10: RobustBench / TRADES WideResNet (conv1, block1..block3 each
+  `.layer.<i>`, bn1; blocks bn1/conv1/bn2/conv2[/convShortcut]; final layer `fc`).
+* wrn70_16: RobustBench's DMWideResNet, DeepMind's WideResNet with Swish activations (Gowal et
+  al. 2020, Rebuffi et al. 2021): init_conv, layer.<group>.block.<i>, batchnorm; blocks
+  batchnorm_0/conv_0/batchnorm_1/conv_1[/shortcut]; final layer `logits`. Its normalisation is
+  not in its checkpoints (RobustBench keeps the dataset's mean and std in code).
 
 Every body ends in a global average pool and returns flat penultimate features; on 32x32 inputs
 that equals the reference `avg_pool2d(out, 4)` (ResNets) and `avg_pool2d(out, 8)` (WRN).
@@ -298,8 +302,98 @@ class WideResNet(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
 
 
-@register_model("wrn28_10", stages=("conv1", "block1", "block2", "block3", "bn1"))
+WRN_STAGES = ("conv1", "block1", "block2", "block3", "bn1")
+
+
+@register_model("wrn28_10", stages=WRN_STAGES)
 def _wrn28_10(inputs: ModelInput, width: float) -> tuple[nn.Module, int]:
     """WideResNet-28-10, dropout 0; width scales the widen factor (0.1 gives WRN-28-1)."""
     body = WideResNet(28, 10 * width, inputs.channels)
+    return body, body.out_dim
+
+
+@register_model("wrn34_10", stages=WRN_STAGES)
+def _wrn34_10(inputs: ModelInput, width: float) -> tuple[nn.Module, int]:
+    """WideResNet-34-10 (TRADES, Zhang et al. 2019, and most of RobustBench's CIFAR entries),
+    dropout 0; width scales the widen factor."""
+    body = WideResNet(34, 10 * width, inputs.channels)
+    return body, body.out_dim
+
+
+class DMBlock(nn.Module):
+    """A DeepMind WideResNet block: activation(BN) of the input feeds a 3x3 conv padded by hand
+    ('SAME' in TensorFlow: one pixel on every side at stride 1, only right and bottom at stride
+    2) and BN-activation-conv; the shortcut is the identity, or a 1x1 conv of the activated input
+    where the block changes shape."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"a DeepMind WideResNet block has stride 1 or 2, got {stride}")
+        self.batchnorm_0 = nn.BatchNorm2d(cin)
+        self.relu_0 = nn.SiLU()  # Swish: x * sigmoid(x)
+        self.conv_0 = nn.Conv2d(cin, cout, 3, stride=stride, padding=0, bias=False)
+        self.batchnorm_1 = nn.BatchNorm2d(cout)
+        self.relu_1 = nn.SiLU()
+        self.conv_1 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.pad = (1, 1, 1, 1) if stride == 1 else (0, 1, 0, 1)
+        projects = cin != cout or stride != 1
+        self.add_module(
+            "shortcut", nn.Conv2d(cin, cout, 1, stride=stride, bias=False) if projects else None
+        )
+        self.projects = projects
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.relu_0(self.batchnorm_0(x))
+        out = self.conv_0(F.pad(pre, self.pad))
+        out = self.conv_1(self.relu_1(self.batchnorm_1(out)))
+        if self.projects:
+            projection: nn.Module = self.get_submodule("shortcut")
+            return projection(pre) + out
+        return x + out
+
+
+class DMBlockGroup(nn.Module):
+    """A stage of blocks, `block` (the reference's nesting)."""
+
+    def __init__(self, n: int, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            *(DMBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class DMWideResNet(nn.Module):
+    """DeepMind's WideResNet-depth-k with Swish: 16-channel stem, three stages, BN-Swish, a
+    global average pool (the reference's avg_pool2d(out, 8) on 32x32 inputs)."""
+
+    def __init__(self, depth: int, widen: float, in_channels: int) -> None:
+        super().__init__()
+        if (depth - 4) % 6 != 0:
+            raise ValueError(f"WideResNet depth must be 6n + 4, got {depth}")
+        n = (depth - 4) // 6
+        widths = [scaled(c, widen) for c in (16, 32, 64)]
+        self.init_conv = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.layer = nn.Sequential(
+            DMBlockGroup(n, 16, widths[0], 1),
+            DMBlockGroup(n, widths[0], widths[1], 2),
+            DMBlockGroup(n, widths[1], widths[2], 2),
+        )
+        self.batchnorm = nn.BatchNorm2d(widths[2])
+        self.relu = nn.SiLU()
+        self.out_dim = widths[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.batchnorm(self.layer(self.init_conv(x))))
+        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+
+
+@register_model("wrn70_16", stages=("init_conv", "layer.0", "layer.1", "layer.2", "batchnorm"))
+def _wrn70_16(inputs: ModelInput, width: float) -> tuple[nn.Module, int]:
+    """WideResNet-70-16 in DeepMind's layout with Swish (RobustBench's DMWideResNet, 267M
+    parameters); width scales the widen factor (0.0625 gives WRN-70-1)."""
+    body = DMWideResNet(70, 16 * width, inputs.channels)
     return body, body.out_dim

@@ -135,6 +135,41 @@ def test_robustbench_wrn_logits_head_and_hard_coded_normalisation(tmp_path: Path
     assert_same_function(source, target)
 
 
+def test_robustbench_wrn34_10_maps_like_wrn28_10(tmp_path: Path) -> None:
+    source = make_source("wrn34_10", 0.1, *IDENTITY)
+    sd = {f"module.{k}": v for k, v in network(source, "fc").items()}
+    assert "module.block3.layer.4.convShortcut.weight" not in sd  # 5 blocks a group
+    assert "module.block2.layer.0.convShortcut.weight" in sd
+    path = tmp_path / "models" / "cifar10" / "Linf" / "Zhang2019Theoretically.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(sd, path)  # at RobustBench's cache path
+    target = fresh("wrn34_10", 0.1)
+    report = load_external_checkpoint(path, target)
+    assert (report.format, report.arch, report.normalization) == (
+        "robustbench",
+        "wrn34_10",
+        "identity",
+    )
+    assert_same_function(source, target)
+
+
+def test_robustbench_wrn70_16_needs_the_normalisation_its_code_sets(tmp_path: Path) -> None:
+    """DMWideResNet keeps mean and std out of its state dict: importing one without them is
+    refused with the constants to pass, never loaded as if it saw raw pixels."""
+    source = make_source("wrn70_16", 0.0625)  # CIFAR-10's mean and std
+    sd = {f"module.{k}": v for k, v in network(source, "logits").items()}
+    assert {"module.init_conv.weight", "module.layer.2.block.10.conv_0.weight"} <= set(sd)
+    path = tmp_path / "Gowal2020Uncovering_70_16.pt"
+    torch.save(sd, path)
+    target = fresh("wrn70_16", 0.0625)
+    with pytest.raises(CheckpointImportError, match=r"pass mean= and std=.*0\.4914"):
+        load_external_checkpoint(path, target)
+    report = load_external_checkpoint(path, target, mean=CIFAR_MEAN, std=CIFAR_STD)
+    assert (report.format, report.normalization) == ("robustbench", "override")
+    assert report.tensors_loaded == len(target.state_dict()) - 2
+    assert_same_function(source, target)
+
+
 def test_robustbench_preact_resnet_with_mu_sigma_buffers(tmp_path: Path) -> None:
     source = make_source("preact_resnet18", 0.25)
     sd = network(source, "linear")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 from trainables.catalog import list_models
 from trainables.config import ArchRef
@@ -164,3 +165,59 @@ def test_classifier_keeps_its_positional_constructor() -> None:
     body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     model = Classifier(Normalize((0.0,), (1.0,)), body, 3, 2)
     assert model.arch is None and model(torch.rand(2, 1, 2, 2)).shape == (2, 2)
+
+
+def n_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_the_zoos_wide_resnets_have_the_reference_parameter_counts() -> None:
+    """Counts of RobustBench's WideResNet(depth=34, widen_factor=10) and of its DMWideResNet
+    (depth=70, width=2, 100 classes), built from its sources when these bodies were written."""
+    cifar = ModelInput(3, 32, (0.5,) * 3, (0.25,) * 3)
+    assert n_parameters(build_model(ArchRef("wrn34_10"), cifar, 10)) == 46_160_474
+    # WRN-70-16 itself (266,796,506 parameters) at 1/8 of its width: WRN-70-2.
+    assert n_parameters(build_model(ArchRef("wrn70_16", 0.125), cifar, 100)) == 4_194_996
+
+
+def test_wrn70_16_names_its_tensors_as_deepminds_wide_resnet() -> None:
+    keys = set(
+        build_model(
+            ArchRef("wrn70_16", 0.0625), ModelInput(3, 8, (0.0,) * 3, (1.0,) * 3), 10
+        ).state_dict()
+    )
+    assert {
+        "body.init_conv.weight",
+        "body.layer.0.block.0.batchnorm_0.running_mean",
+        "body.layer.1.block.0.shortcut.weight",  # 16 -> 32 channels: a projection
+        "body.layer.2.block.10.conv_1.weight",  # 11 blocks a group: (70 - 4) / 6
+        "body.batchnorm.weight",
+        "head.weight",
+    } <= keys
+    # WRN-70-1 keeps 16 channels in the first group: identity shortcuts, as the reference.
+    assert not any(k.startswith("body.layer.0.block.0.shortcut") for k in keys)
+    assert not any(k.startswith("body.layer.1.block.1.shortcut") for k in keys)
+    assert not any(k.startswith("body.layer.2.block.11.") for k in keys)
+
+
+def test_a_deepmind_block_pads_like_tensorflows_same_at_stride_2() -> None:
+    """At stride 2 the 3x3 conv is padded on the right and bottom only: output (0, 0) of the
+    block sees input rows and columns 0-4 (its second conv reads first-conv outputs 0-1), never
+    the row before 0 that symmetric padding would add."""
+    from trainables.models.cifar import DMBlock
+
+    torch.manual_seed(0)
+    block = DMBlock(4, 8, 2).eval()
+    x = torch.rand(1, 4, 16, 16)
+    with torch.no_grad():
+        out = block(x)
+    assert out.shape == (1, 8, 8, 8)
+
+    def change_at_origin(row: int, col: int) -> float:
+        moved = x.clone()
+        moved[0, 0, row, col] += 1.0
+        with torch.no_grad():
+            return float((block(moved) - out)[0, :, 0, 0].abs().max())
+
+    assert change_at_origin(4, 4) > 1e-4  # reached through the right/bottom-padded first conv
+    assert change_at_origin(5, 5) == 0.0  # beyond it
