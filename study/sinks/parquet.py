@@ -245,19 +245,26 @@ def _read_part(fs: pa.fs.FileSystem, path: str, columns: list[str] | None) -> pa
         return table
 
 
-def read_table(folder: str | Path, table: str, columns: list[str] | None = None) -> pa.Table:
-    """All completed parts of a table, in its current schema (an empty table if none); with
-    columns, only those columns are read from the files (the others are not in the result)."""
+def _read_conformed(
+    folder: str | Path, table: str, columns: list[str] | None
+) -> tuple[pa.Table, list[str], list[tuple[str, pa.Table]]]:
+    """The parts a reader sees in the table's current schema (only `columns` when given), as one
+    table; the names of the part files found; and the parts as read (with their metadata)."""
     schema = schema_with_metadata(table)
     if columns is not None:
         schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
-    parts = [
-        conform(part, schema, storage.join(folder, name))
-        for name, part in _read_parts(folder, columns)[1]
-    ]
-    if not parts:
-        return schema.empty_table()
-    return pa.concat_tables(parts)
+    names, parts = _read_parts(folder, columns)
+    data = pa.concat_tables(
+        [conform(part, schema, storage.join(folder, name)) for name, part in parts]
+        or [schema.empty_table()]
+    )
+    return data, names, parts
+
+
+def read_table(folder: str | Path, table: str, columns: list[str] | None = None) -> pa.Table:
+    """All completed parts of a table, in its current schema (an empty table if none); with
+    columns, only those columns are read from the files (the others are not in the result)."""
+    return _read_conformed(folder, table, columns)[0]
 
 
 def read_key_columns(
@@ -265,14 +272,7 @@ def read_key_columns(
 ) -> tuple[pa.Table, bool, int]:
     """A table's key columns (and the extra ones) as readers see them, whether each key is in
     them once for certain (one part marked UNIQUE_KEY), and how many part files it has."""
-    columns = [*KEYS[table], *extra]
-    names, parts = _read_parts(folder, columns)
-    schema = schema_with_metadata(table)
-    projected = pa.schema([schema.field(c) for c in columns])
-    data = pa.concat_tables(
-        [conform(part, projected, storage.join(folder, n)) for n, part in parts]
-        or [projected.empty_table()]
-    )
+    data, names, parts = _read_conformed(folder, table, [*KEYS[table], *extra])
     return data, unique_keys(parts), len(names)
 
 
@@ -368,10 +368,10 @@ class KeySet:
         self._flat: set[Any] = set()
         self._nested: dict[Any, set[Any]] = {}
 
-    def _built(self) -> KeySet:
+    def _build(self) -> None:
         data, self._data = self._data, None
         if data is None:
-            return self
+            return
         key = self.key
         if self.width == 1:
             self._flat = set(data.column(key[0]).to_pylist())
@@ -385,18 +385,17 @@ class KeySet:
                 self._nested.setdefault(a, set()).add(b)
         else:
             self._flat = set(zip(*(data.column(k).to_pylist() for k in key), strict=True))
-        return self
 
     def __len__(self) -> int:
         if self._data is not None and self._unique:
             return int(self._data.num_rows)
-        self._built()
+        self._build()
         if self.width == 2:
             return sum(len(seconds) for seconds in self._nested.values())
         return len(self._flat)
 
     def __contains__(self, key: tuple[Any, ...]) -> bool:
-        self._built()
+        self._build()
         if self.width == 1:
             return key[0] in self._flat
         if self.width == 2:
@@ -404,7 +403,7 @@ class KeySet:
         return key in self._flat
 
     def add(self, key: tuple[Any, ...]) -> None:
-        self._built()
+        self._build()
         if self.width == 1:
             self._flat.add(key[0])
         elif self.width == 2:
