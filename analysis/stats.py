@@ -27,7 +27,7 @@ import pandas as pd
 # The schema-version names are re-exported here, where they were defined before load_table took
 # over the check, so `from analysis.stats import SchemaVersionError` keeps working.
 from analysis.tables import KNOWN_SCHEMA_VERSION as KNOWN_SCHEMA_VERSION
-from analysis.tables import TABLES, load_table
+from analysis.tables import TABLES, drop_superseded, fill_source_accuracy, load_table
 from analysis.tables import VERSION_KEY as VERSION_KEY
 from analysis.tables import SchemaVersionError as SchemaVersionError
 from analysis.tables import check_schema_versions as check_schema_versions
@@ -41,6 +41,7 @@ GRID = [*BLOCK, "eps", "seed"]
 COLUMNS_READ: dict[str, list[str]] = {
     "trials": [
         *("trial_key", *GRID, "test_acc_clean", "test_acc_pgd", "mlflow_run_id", "proposed_by"),
+        *("config_json", "completed_at"),
     ],
     "epochs": ["trial_key", "epoch", "train_loss", "train_acc", "test_acc_clean", "test_acc_pgd"],
     "transfer": ["eval_key", "trial_key", "kind", *GRID, "target", "test_acc"],
@@ -55,6 +56,7 @@ COLUMNS_READ: dict[str, list[str]] = {
         "weight_trace",
     ],
     "robustness": ["eval_key", "trial_key", *GRID, "eval_eps", "eval_attack", "robust_acc"],
+    "source": ["eval_key", "trial_key", *GRID, "test_acc_clean", "test_acc_pgd"],
     "inversion": ["eval_key", "trial_key", *GRID, "variant", "psnr", "ssim", "grid_path"],
 }
 
@@ -185,7 +187,12 @@ def load_tables(results_dir: str | Path) -> dict[str, pd.DataFrame]:
     Read by load_table, so a part from a newer schema version raises SchemaVersionError naming
     the file, and each row is read once (duplicate keys left out with a DuplicateRowsWarning).
     """
-    return {name: ensure_columns(load_table(results_dir, name), name) for name in TABLES}
+    tables = drop_superseded(
+        {name: ensure_columns(load_table(results_dir, name), name) for name in TABLES}
+    )
+    # An imported network's source accuracy is an evaluation: it joins its trials row here.
+    tables["trials"] = fill_source_accuracy(tables["trials"], tables["source"])
+    return tables
 
 
 def join_trials(

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-TABLES = ("trials", "epochs", "transfer", "fisher", "robustness", "inversion")
+TABLES = ("trials", "epochs", "transfer", "fisher", "robustness", "source", "inversion")
 GROUP = ["source", "arch", "norm", "attack", "eps"]
 
 # The key of each table: a row whose key repeats an earlier one is a duplicate. The same keys as
@@ -48,6 +48,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "transfer": ("eval_key",),
     "fisher": ("eval_key",),
     "robustness": ("eval_key",),
+    "source": ("eval_key",),
     "inversion": ("eval_key",),
 }
 
@@ -297,6 +298,51 @@ def _mean_std(df: pd.DataFrame, by: list[str], column: str, label: str) -> pd.Da
     )
 
 
+def superseded_imports(trials: pd.DataFrame) -> set[str]:
+    """The trial_keys of imported networks whose file has changed since: an imported network is
+    keyed by its file's sha256, so a new file under the same network name is a new trial, and
+    the older one (completed earlier) must not count beside it as a second network."""
+    needed = {"proposed_by", "config_json", "completed_at", "trial_key"}
+    if trials.empty or not needed <= set(trials.columns):
+        return set()
+    imported = trials[trials["proposed_by"] == "imported"]
+    if imported.empty:
+        return set()
+    names = imported["config_json"].map(lambda text: json.loads(text).get("name", ""))
+    latest = imported.assign(_name=names).sort_values("completed_at")
+    older = latest.duplicated("_name", keep="last")
+    return set(latest.loc[older, "trial_key"])
+
+
+def drop_superseded(tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Every table without the rows of superseded imported networks (superseded_imports)."""
+    gone = superseded_imports(tables.get("trials", pd.DataFrame()))
+    if not gone:
+        return dict(tables)
+    return {
+        name: df[~df["trial_key"].isin(gone)] if "trial_key" in df.columns else df
+        for name, df in tables.items()
+    }
+
+
+def fill_source_accuracy(trials: pd.DataFrame, source: pd.DataFrame) -> pd.DataFrame:
+    """trials with the clean and PGD accuracy of each imported network, which its trials row
+    leaves null (nothing trained it here), from its source-accuracy evaluation (the source
+    table); a trained network's own values are kept."""
+    if trials.empty or source.empty or "trial_key" not in source.columns:
+        return trials
+    measured = source.dropna(subset=["trial_key"]).drop_duplicates("trial_key", keep="last")
+    measured = measured.set_index("trial_key")
+    out = trials.copy()
+    for column in ("test_acc_clean", "test_acc_pgd"):
+        if column not in measured.columns:
+            continue
+        filled = out["trial_key"].map(measured[column])
+        current = out[column] if column in out.columns else pd.Series(float("nan"), out.index)
+        out[column] = current.where(current.notna(), filled).astype(float)
+    return out
+
+
 def tradeoff_table(results_dir: str | Path) -> pd.DataFrame:
     """Mean and std over seeds per (source, arch, norm, eps), plus baseline rows (row_kind).
 
@@ -304,9 +350,11 @@ def tradeoff_table(results_dir: str | Path) -> pd.DataFrame:
     SchemaVersionError; parts of older versions read, a column they lack (schema v1 had no
     attack) as nulls.
     """
-    trials = _with_columns(load_table(results_dir, "trials"), ["test_acc_clean", "test_acc_pgd"])
-    transfer = _with_columns(load_table(results_dir, "transfer"), ["kind", "target", "test_acc"])
-    fisher = _with_columns(load_table(results_dir, "fisher"), ["input_trace", "weight_trace"])
+    loaded = drop_superseded({name: load_table(results_dir, name) for name in TABLES})
+    trials = fill_source_accuracy(loaded["trials"], loaded["source"])
+    trials = _with_columns(trials, ["test_acc_clean", "test_acc_pgd"])
+    transfer = _with_columns(loaded["transfer"], ["kind", "target", "test_acc"])
+    fisher = _with_columns(loaded["fisher"], ["input_trace", "weight_trace"])
     if trials.empty:
         return pd.DataFrame()
     parts = [
@@ -319,16 +367,14 @@ def tradeoff_table(results_dir: str | Path) -> pd.DataFrame:
         sub = probes[probes["target"] == target]
         if not sub.empty:
             parts.append(_mean_std(sub, GROUP, "test_acc", f"transfer[{target}]"))
-    robustness = _with_columns(
-        load_table(results_dir, "robustness"), ["eval_attack", "eval_eps", "robust_acc"]
-    )
+    robustness = _with_columns(loaded["robustness"], ["eval_attack", "eval_eps", "robust_acc"])
     groups = robustness.groupby(["eval_attack", "eval_eps"]) if not robustness.empty else []
     for (attack, eval_eps), sub in groups:
         parts.append(_mean_std(sub, GROUP, "robust_acc", f"robust[{attack}@{eval_eps:.3g}]"))
     if not fisher.empty:
         parts.append(_mean_std(fisher, GROUP, "input_trace", "input_fisher"))
         parts.append(_mean_std(fisher, GROUP, "weight_trace", "weight_fisher"))
-    inversion = _with_columns(load_table(results_dir, "inversion"), ["variant", "psnr"])
+    inversion = _with_columns(loaded["inversion"], ["variant", "psnr"])
     for variant, sub in inversion.groupby("variant") if not inversion.empty else []:
         parts.append(_mean_std(sub, GROUP, "psnr", f"psnr[{variant}]"))
     finetune = transfer[transfer["kind"] == "finetune"]

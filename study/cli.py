@@ -23,6 +23,7 @@ from trainables.catalog import DataMissingError
 from trainables.config import LoadRequest, TrainConfig
 
 if TYPE_CHECKING:
+    from study.networks import Network
     from study.recorder import StudySummary
 
 
@@ -35,7 +36,8 @@ def _print_search(spec: SweepSpec) -> None:
     print(f"sampler: {se.sampler_class()} (seed {se.sampler_seed}); objectives: {objectives}")
     print(f"space: {space}; source {se.source.to_ref().id}, seed {se.seed}")
     print(f"early stopping: {se.early_stopping.method}; Optuna storage: {spec.optuna_storage()}")
-    _print_evaluations(spec, spec.base_config())
+    _print_evaluations(spec, spec.base_config(), "evaluations of each trained network:")
+    _print_baselines(spec)
     print(f"results: {spec.results_dir()}   MLflow: {spec.tracking_uri()}")
 
 
@@ -43,13 +45,31 @@ def _print_trials(spec: SweepSpec) -> None:
     if spec.search is not None:
         _print_search(spec)
         return
+    networks: list[Network] = []
+    if spec.networks:
+        from study.networks import resolve_networks
+        from study.runner import load_request
+
+        # Every network's file is found and loaded onto its arch before anything is printed: a
+        # bad entry is one line and exit 2.
+        networks = resolve_networks(spec, load_request(spec), check=True)
     configs = spec.expand()
-    print(f"study {spec.name}: {len(configs)} trials")
+    imported = [n.config for n in networks]
+    counted = f"{len(configs)} trials" + (
+        f", {len(imported)} imported networks" if imported else ""
+    )
+    print(f"study {spec.name}: {counted}")
     rows = [
-        [str(i), c.key, c.source.id, c.arch.id, c.norm, c.attack.id, f"{c.eps:.4g}", str(c.seed)]
-        for i, c in enumerate(configs)
+        [str(i), c.key, c.source.id, c.arch.id, c.norm, c.attack_id, f"{c.eps:.4g}", str(c.seed)]
+        for i, c in enumerate([*configs, *imported])
     ]
     headers = ["#", "trial_key", "source", "arch", "norm", "attack", "eps", "seed"]
+    if imported:
+        headers.append("imported from")
+        for row, network in zip(rows[len(configs) :], networks, strict=True):
+            row.append(f"{network.entry.label()} ({network.location})")
+        for row in rows[: len(configs)]:
+            row.append("")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     # The table in one write (a grid has 10,000 lines; a terminal flushes each print).
     table = (
@@ -57,25 +77,35 @@ def _print_trials(spec: SweepSpec) -> None:
         for row in [headers, *rows]
     )
     sys.stdout.write("\n".join(table) + "\n")
-    _print_evaluations(spec, configs[0])
+    if configs:
+        _print_evaluations(spec, configs[0], "evaluations of each trained network:")
+    if imported:
+        _print_evaluations(spec, imported[0], "evaluations of each imported network:")
+    _print_baselines(spec, tuple(imported))
     print(f"results: {spec.results_dir()}   MLflow: {spec.tracking_uri()}")
 
 
-def _print_evaluations(spec: SweepSpec, cfg: TrainConfig) -> None:
-    """How many evaluations of each kind a trained network gets, and the study's baselines."""
-    from study.evaluations import EVALUATIONS
-    from study.plan import plan_baselines, plan_trial_evaluations
+def _print_evaluations(spec: SweepSpec, cfg: TrainConfig, title: str) -> None:
+    """How many evaluations of each kind a network gets."""
+    from study.plan import plan_trial_evaluations
 
-    load = LoadRequest()
-    for title, planned in (
-        ("evaluations of each trained network:", plan_trial_evaluations(spec, cfg, "", "", load)),
-        ("evaluations once per study:", plan_baselines(spec, load)),
-    ):
-        counts = Counter(p.task.kind for p in planned)
-        print(f"{title} {'none' if not counts else ''}".rstrip())
-        for kind, n in counts.items():
-            entry = EVALUATIONS[kind]
-            print(f"  {kind:<12} {n:>3}  {entry.section:<33} {entry.description}")
+    _print_counts(title, plan_trial_evaluations(spec, cfg, "", "", LoadRequest()))
+
+
+def _print_baselines(spec: SweepSpec, networks: tuple[TrainConfig, ...] = ()) -> None:
+    from study.plan import plan_baselines
+
+    _print_counts("evaluations once per study:", plan_baselines(spec, LoadRequest(), networks))
+
+
+def _print_counts(title: str, planned: Sequence[object]) -> None:
+    from study.evaluations import EVALUATIONS
+
+    counts = Counter(p.task.kind for p in planned)  # type: ignore[attr-defined]
+    print(f"{title} {'none' if not counts else ''}".rstrip())
+    for kind, n in counts.items():
+        entry = EVALUATIONS[kind]
+        print(f"  {kind:<15} {n:>3}  {entry.section:<33} {entry.description}")
 
 
 def check_cluster(spec: SweepSpec, cluster: str | None) -> None:

@@ -58,6 +58,8 @@ class PlanContext:
     spec: SweepSpec
     load: LoadRequest
     results_dir: str
+    # The study's imported networks (their random-init baselines are planned with the grid's).
+    networks: tuple[TrainConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,18 @@ register_table(
 )
 register_table(
     EvalTable(
+        "source",
+        _tail(
+            pa.field("eval_eps", pa.float64()),
+            pa.field("eval_attack", pa.string()),
+            pa.field("n_samples", pa.int64()),
+            pa.field("test_acc_clean", pa.float64()),
+            pa.field("test_acc_pgd", pa.float64()),
+        ),
+    )
+)
+register_table(
+    EvalTable(
         "inversion",
         _tail(
             pa.field("variant", pa.string()),
@@ -226,7 +240,7 @@ def trial_identity(cfg: TrainConfig) -> dict[str, Any]:
         "source": cfg.source.id,
         "arch": cfg.arch.id,
         "norm": cfg.norm,
-        "attack": cfg.attack.id,
+        "attack": cfg.attack_id,
         "eps": cfg.eps,
         "seed": cfg.seed,
     }
@@ -365,7 +379,7 @@ def plan_random_init(ctx: PlanContext) -> list[PlannedEval]:
     probe = transfer.to_config()
     # The grid expanded once, and each (source, arch, seed, data) keyed once per target: the
     # key reads nothing else of a cell, and a 10,000-cell grid has a few hundred of them.
-    configs = ctx.spec.baseline_configs()
+    configs = [*ctx.spec.baseline_configs(), *ctx.networks]
     out: dict[str, PlannedEval] = {}
     for target in ctx.spec.transfer_targets():
         seen: set[tuple[object, ...]] = set()
@@ -461,6 +475,41 @@ def plan_robustness(ctx: PlanContext, cfg: TrainConfig, checkpoint: str) -> list
 def robustness_metrics(row: Row, result: Row) -> dict[str, float]:
     name = f"robust/{result['eval_attack']}_eps{result['eval_eps']:.4g}"
     return {f"{name}/acc": result["robust_acc"], f"{name}/clean_acc": result["clean_acc"]}
+
+
+# ----- the source accuracy of an imported network ------------------------------------------------
+def source_accuracy_key(trial_key: str, robustness: RobustnessConfig) -> str:
+    """The eval_key of an imported network's clean and PGD accuracy on its source test set."""
+    return compute_key("source_accuracy", trial_key, robustness)
+
+
+def plan_source_accuracy(ctx: PlanContext, cfg: TrainConfig, checkpoint: str) -> list[PlannedEval]:
+    """What training would have reported of a network trained elsewhere: its clean accuracy and
+    its accuracy under training.eval_attack at its own eps, on the whole source test split (as
+    data.max_test_per_class caps it); nothing for a network trained here."""
+    if not cfg.imported:
+        return []
+    attack = ctx.spec.training.eval_attack.to_config()
+    settings = RobustnessConfig(cfg.eps, "pgd", attack, num_samples=SOURCE_SAMPLES)
+    return [
+        of_network(
+            ctx,
+            cfg,
+            checkpoint,
+            kind="source_accuracy",
+            key=source_accuracy_key(cfg.key, settings),
+            name=f"source accuracy {attack.id} eps={cfg.eps:.4g}",
+            settings=settings,
+        )
+    ]
+
+
+# Every source test image (the robustness evaluator takes min(num_samples, test size)).
+SOURCE_SAMPLES = 1 << 31
+
+
+def source_accuracy_metrics(row: Row, result: Row) -> dict[str, float]:
+    return {"test/acc_clean": result["test_acc_clean"], "test/acc_pgd": result["test_acc_pgd"]}
 
 
 # ----- inversion (PAPER.md section 5) -------------------------------------------------------------
@@ -598,6 +647,17 @@ for _kind in (
         settings_param="robustness",
         trial_prefix="robust/",
         plan_network=plan_robustness,
+    ),
+    EvaluationKind(
+        "source_accuracy",
+        section="networks",
+        table="source",
+        description="an imported network's clean and PGD accuracy on its source test set",
+        metrics=source_accuracy_metrics,
+        summary=lambda r: f"clean {r['test_acc_clean']:.3f}  pgd {r['test_acc_pgd']:.3f}",
+        settings_param="robustness",
+        trial_prefix="test/",
+        plan_network=plan_source_accuracy,
     ),
     EvaluationKind(
         "inversion",

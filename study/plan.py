@@ -15,10 +15,12 @@ from trainables.config import LoadRequest, TrainConfig
 
 
 def describe_trial(cfg: TrainConfig) -> str:
-    """A readable one-line name of a grid cell."""
-    return (
-        f"{cfg.source.id} {cfg.arch.id} {cfg.norm} {cfg.attack.id} eps={cfg.eps:g} seed={cfg.seed}"
+    """A readable one-line name of a grid cell, or of an imported network (its name first)."""
+    cell = (
+        f"{cfg.source.id} {cfg.arch.id} {cfg.norm} {cfg.attack_id} eps={cfg.eps:g} seed={cfg.seed}"
     )
+    name = getattr(cfg, "name", "")
+    return f"{name}: {cell}" if name else cell
 
 
 def plan_trial_evaluations(
@@ -34,9 +36,12 @@ def plan_trial_evaluations(
     ]
 
 
-def plan_baselines(spec: SweepSpec, load: LoadRequest) -> list[PlannedEval]:
-    """The evaluations that run once per study: the transfer baselines of every target."""
-    ctx = PlanContext(spec, load, spec.results_dir())
+def plan_baselines(
+    spec: SweepSpec, load: LoadRequest, networks: tuple[TrainConfig, ...] = ()
+) -> list[PlannedEval]:
+    """The evaluations that run once per study: the transfer baselines of every target (the
+    random-init ones of the grid's cells and of the imported networks)."""
+    ctx = PlanContext(spec, load, spec.results_dir(), networks)
     return [
         planned
         for kind in EVALUATIONS.values()

@@ -29,7 +29,7 @@ from study.queue import Finished, PendingEval
 from study.signals import deferred
 from study.sinks.mlflow import EVAL_KEY_TAG, TRIAL_KEY_TAG, MlflowSink
 from study.sinks.parquet import ParquetSink, read_table
-from study.spec import SweepSpec
+from study.spec import IMPORTED, SweepSpec
 from trainables import storage
 from trainables.config import TrainConfig, to_canonical
 
@@ -128,9 +128,16 @@ class CachedTrial:
     proposed_by: str | None
 
 
+# The columns of a trials row that describe training: null for an imported network.
+TRAINING_COLUMNS = (
+    *("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule"),
+    *("attack_steps", "attack_step_size", "eval_attack_steps"),
+)
+
+
 def trial_config_row(cfg: TrainConfig, study: str) -> dict[str, Any]:
-    """The config columns of a trials row."""
-    return {
+    """The config columns of a trials row (those of training null for an imported network)."""
+    row = {
         "trial_key": cfg.key,
         "study": study,
         "source": cfg.source.id,
@@ -140,7 +147,7 @@ def trial_config_row(cfg: TrainConfig, study: str) -> dict[str, Any]:
         "arch_name": cfg.arch.name,
         "width": cfg.arch.width,
         "norm": cfg.norm,
-        "attack": cfg.attack.id,
+        "attack": cfg.attack_id,
         "attack_method": cfg.attack.method,
         "eps": cfg.eps,
         "seed": cfg.seed,
@@ -156,6 +163,9 @@ def trial_config_row(cfg: TrainConfig, study: str) -> dict[str, Any]:
         "eval_attack_steps": cfg.eval_attack.steps,
         "config_json": json.dumps(to_canonical(asdict(cfg)), sort_keys=True),
     }
+    if cfg.imported:
+        row.update(dict.fromkeys(TRAINING_COLUMNS), attack_method=cfg.attack_id)
+    return row
 
 
 def _measured(value: Any) -> Any:
@@ -183,8 +193,7 @@ class Recorder:
             spec.tracking_uri(), spec.name, storage.join(self.results_dir, "mlartifacts")
         )
         self.proposed_by = spec.search.proposed_by() if spec.search else "grid"
-        total = spec.search.num_trials if spec.search else len(spec.expand())
-        self.summary = StudySummary(trials_total=total)
+        self.summary = StudySummary(trials_total=spec.trial_count())
         self.study_run_id = ""
         self.trial_runs: dict[str, str] = {}
         self.open_trial_runs: set[str] = set()  # opened by this driver, not ended yet
@@ -410,6 +419,47 @@ class Recorder:
             "mlflow_run_id": run_id,
             "completed_at": datetime.now(timezone.utc),
         }
+
+    def record_import(
+        self, cfg: TrainConfig, checkpoint: str, origin: dict[str, Any], report: str
+    ) -> str:
+        """An imported network: its trial's run (tagged imported, ended at once) and its trials
+        row, whose training columns are null; returns the run's id. origin (location, format,
+        normalisation) goes to the run's params and the row's config_json."""
+        key = cfg.key
+        config = {**to_canonical(asdict(cfg)), "imported_from": origin}
+        with self.writing():
+            run_id = self.mlflow.run_for(
+                f"trial:{key}",
+                name=describe_trial(cfg),
+                role="trial",
+                parent_run_id=self.study_run_id,
+                params=config,
+                tags={
+                    TRIAL_KEY_TAG: key,
+                    PROPOSED_BY_TAG: IMPORTED,
+                    "imported": "true",
+                    "checkpoint_sha256": getattr(cfg, "sha256", ""),
+                },
+            )
+            self.trial_runs[key] = run_id
+            self.mlflow.end_run(run_id, "FINISHED", tags={"checkpoint": checkpoint})
+            row = {
+                **trial_config_row(cfg, self.spec.name),
+                "config_json": json.dumps(config, sort_keys=True),
+                "checkpoint_path": checkpoint,
+                "proposed_by": IMPORTED,
+                "mlflow_run_id": run_id,
+                "completed_at": datetime.now(timezone.utc),
+            }
+            self.parquet.add("trials", [row])
+        s = self.summary
+        s.trials_done += 1
+        self.say(
+            f"[{s.trials_done + s.trials_cached}/{s.trials_total}] imported "
+            f"{describe_trial(cfg)}  ({report})"
+        )
+        return run_id
 
     def record_trial_failure(self, cfg: TrainConfig, why: str) -> None:
         run_id = self.trial_run(cfg)

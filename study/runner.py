@@ -27,11 +27,13 @@ from study.launcher import (
     start_ray,
 )
 from study.lease import StudyLease
+from study.networks import Network, resolve_networks
 from study.plan import not_cached, plan_baselines, plan_trial_evaluations
 from study.queue import EvalQueue, PendingEval, RayBackend
 from study.recorder import Recorder, StudySummary
 from study.signals import as_interrupted
 from study.spec import SpecError, SweepSpec
+from trainables import storage
 from trainables.config import LoadRequest, TrainConfig, train_config_from_dict
 
 Printer = Callable[[str], None]
@@ -66,6 +68,9 @@ class Study:
         self.say = printer
         self.load = load_request(spec)
         check_data(spec, self.load)
+        # Every network's file found, checksummed and loaded onto its arch before anything is
+        # written (the checks of `study validate`).
+        self.networks = resolve_networks(spec, self.load, check=True)
         self.lease = StudyLease(spec.results_dir(), spec.output.lease_timeout_s, printer)
         self.lease.acquire()  # before anything is written; LeaseHeldError if another driver runs
         weakref.finalize(self, self.lease.release)
@@ -75,9 +80,11 @@ class Study:
             self.lease.release()
             raise
         self.queue = EvalQueue(RayBackend(spec.resources))
-        self.context = PlanContext(spec, self.load, self.recorder.results_dir)
+        self.imported = tuple(n.config for n in self.networks)
+        self.context = PlanContext(spec, self.load, self.recorder.results_dir, self.imported)
         self.configs = spec.expand()
         self.todo: list[TrainConfig] = []
+        self.to_import: list[Network] = []
         self.search: SearchState | None = None
         self.spec_path: Path | None = None
         self.started_ray = False
@@ -104,9 +111,11 @@ class Study:
             self.recorder.write_study_info()
             self.todo, evals = self.find_work()
             budget = self.open_search()
-            self.started_ray = bool(self.todo or evals or budget) and self.start_ray(address)
+            work = self.todo or evals or budget or self.to_import
+            self.started_ray = bool(work) and self.start_ray(address)
             self.recorder.open_study(spec_path)
             self.queue.submit(evals)
+            self.queue.submit(self.import_networks())
             if self.todo or budget:
                 build_tuner(self.spec, self.todo, self.search, self.load, self.callback()).fit()
             self.drain()
@@ -141,7 +150,8 @@ class Study:
             return trials_left, len(self.queue) + trials_left * per_trial
         runs = self.recorder.trial_runs
         ended = {k for k, run in runs.items() if run not in self.recorder.open_trial_runs}
-        left = [cfg for cfg in self.todo if cfg.key not in ended]
+        planned = [*self.todo, *(n.config for n in self.to_import)]
+        left = [cfg for cfg in planned if cfg.key not in ended]
         return len(left), len(self.queue) + sum(map(self.evaluations_per_network, left))
 
     def evaluations_per_network(self, cfg: TrainConfig) -> int:
@@ -151,9 +161,17 @@ class Study:
         """The grid cells to train, and the evaluations to run now (the baselines and those of
         networks trained by an earlier driver), leaving out everything in the tables."""
         cached = self.recorder.cached_trials()
-        baselines = not_cached(plan_baselines(self.spec, self.load), self.recorder)
+        baselines = not_cached(plan_baselines(self.spec, self.load, self.imported), self.recorder)
         evals = [PendingEval(p) for p in baselines]
         todo: list[TrainConfig] = []
+        for network in self.networks:
+            trial = cached.get(network.config.key)
+            if trial is None:
+                self.to_import.append(network)
+                continue
+            self.recorder.summary.trials_cached += 1
+            evals += self.evaluations_of(network.config, trial.checkpoint, trial.run_id)
+        imports = f", {len(self.to_import)} networks to import" if self.networks else ""
         for cfg in self.configs:
             trial = cached.get(cfg.key)
             if trial is None:
@@ -163,8 +181,8 @@ class Study:
             evals += self.evaluations_of(cfg, trial.checkpoint, trial.run_id)
         if self.spec.search is None:
             self.say(
-                f"study {self.spec.name}: {len(self.configs)} trials "
-                f"({self.recorder.summary.trials_cached} cached, {len(todo)} to run), "
+                f"study {self.spec.name}: {self.spec.trial_count()} trials "
+                f"({self.recorder.summary.trials_cached} cached, {len(todo)} to run{imports}), "
                 f"{len(evals)} evaluations queued now"
             )
             return todo, evals
@@ -183,6 +201,29 @@ class Study:
             self.spec, cfg, checkpoint, self.recorder.results_dir, self.load
         )
         return [PendingEval(p, run_id) for p in not_cached(planned, self.recorder)]
+
+    def import_networks(self) -> list[PendingEval]:
+        """Write each imported network not in the tables as one of our checkpoints (in the
+        results folder, where every node reads it), record its trial, and return its
+        evaluations. Run by the driver: reading, mapping and writing a file is I/O, the same
+        reading `study validate` does; what costs compute runs on the cluster."""
+        from trainables.imported import import_network
+
+        evals: list[PendingEval] = []
+        for network in self.to_import:
+            cfg = network.config
+            destination = storage.join(self.recorder.results_dir, "imported", cfg.key)
+            report = import_network(cfg, network.local, network.format, destination)
+            origin = {
+                "location": network.location,
+                "format": report.format,
+                "normalization": report.normalization,
+                "ignored_keys": len(report.ignored_keys),
+            }
+            summary = f"{report.format}, normalisation {report.normalization}"
+            run_id = self.recorder.record_import(cfg, destination, origin, summary)
+            evals += self.evaluations_of(cfg, destination, run_id)
+        return evals
 
     def open_search(self) -> int:
         """For a search: open its Optuna study and return how many trials are left to propose

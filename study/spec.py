@@ -765,6 +765,145 @@ class SearchSpec(StrictModel):
         return list(self.space.archs) if self.space.archs else [self.arch]  # type: ignore[list-item]
 
 
+# The checkpoint formats an imported network may be in (trainables/checkpoint_import.py's
+# FORMATS, repeated here so that validating a spec imports no torch; a unit test keeps them
+# equal).
+CHECKPOINT_FORMATS = (
+    "auto",
+    "robustness",
+    "robustbench",
+    "torchvision",
+    "state_dict",
+    "safetensors",
+)
+ROBUSTBENCH_DATASETS = ("cifar10", "cifar100", "imagenet")
+ROBUSTBENCH_THREATS = {"Linf": "linf", "L2": "l2"}
+# The proposed_by of an imported network's trials row (a grid's is "grid", a search's
+# "optuna:SAMPLER").
+IMPORTED = "imported"
+
+
+class NetworkSpec(StrictModel):
+    """A network trained elsewhere, evaluated like a trained cell (issue: published networks).
+
+    Either path (a local file, a URI such as s3://..., or an https URL fetched into the cache
+    only with download: true) with its labels (arch, source, norm, eps; method and replicate
+    optional), or a RobustBench model id ({robustbench: NAME, dataset: cifar10, threat_model:
+    Linf}), read from RobustBench's cache layout models/DATASET/THREAT/NAME.pt under the data
+    root. sha256, when given, must match the file. mean and std override the normalisation.
+    """
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", max_length=120)
+    path: str | None = None
+    robustbench: str | None = None
+    dataset: Literal["cifar10", "cifar100", "imagenet"] | None = None
+    threat_model: Literal["Linf", "L2"] | None = None
+    download: bool = False
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    format: str = "auto"
+    arch: ArchSpec | None = None
+    source: DatasetSpec | None = None
+    norm: Literal["l2", "linf"] | None = None
+    eps: float | None = None
+    method: str = Field("pgd", pattern=r"^[A-Za-z0-9_.+-]+$")
+    replicate: int = Field(0, ge=0)
+    mean: list[float] | None = Field(None, min_length=1)
+    std: list[float] | None = Field(None, min_length=1)
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _parse_eps(cls, value: Any) -> Any:
+        return parse_eps(value)
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in CHECKPOINT_FORMATS:
+            raise spec_error(
+                "format",
+                f"unknown checkpoint format: choose one of {', '.join(CHECKPOINT_FORMATS)}",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> NetworkSpec:
+        if (self.path is None) == (self.robustbench is None):
+            raise spec_error(
+                "network_location",
+                "give either path (a file, URI or https URL) or robustbench (a model id), "
+                "not both and not neither",
+                field="path",
+                value=self.path,
+            )
+        if self.robustbench is not None:
+            for key in ("dataset", "threat_model"):
+                if getattr(self, key) is None:
+                    raise spec_error(
+                        "robustbench",
+                        f"a RobustBench id needs its {key} (dataset: one of "
+                        f"{', '.join(ROBUSTBENCH_DATASETS)}; threat_model: Linf or L2)",
+                        field=key,
+                        value=None,
+                    )
+        else:
+            for key, fix in (
+                ("arch", "the registered arch it was trained as (e.g. resnet50)"),
+                ("source", "the dataset it was trained on"),
+                ("norm", "the threat model it was trained against: l2 or linf"),
+                ("eps", "the radius it was trained at (0 for a standard network)"),
+            ):
+                if getattr(self, key) is None:
+                    raise spec_error(
+                        "network_label", f"a network's {key} is missing: give {fix}", field=key
+                    )
+        if self.eps is not None and not (math.isfinite(self.eps) and self.eps >= 0):
+            raise spec_error(
+                "eps_value", "eps must be a finite number >= 0", field="eps", value=self.eps
+            )
+        if self.eps is not None and self.eps > 1 and self.resolved_norm() == "linf":
+            raise spec_error(
+                "linf_eps",
+                f"a linf eps above 1 cannot be in pixel units of [0, 1] inputs: write it as "
+                f"'{self.eps:g}/255' (= {self.eps / 255:.4f})",
+                field="eps",
+                value=self.eps,
+            )
+        if (self.mean is None) != (self.std is None):
+            raise spec_error(
+                "normalization", "give both mean and std, or neither", field="mean", value=self.mean
+            )
+        if self.mean is not None and self.std is not None:
+            channels = get_dataset_info(self.resolved_source().dataset).channels
+            if len(self.mean) != channels or len(self.std) != channels:
+                raise spec_error(
+                    "normalization",
+                    f"mean and std need one value per input channel ({channels})",
+                    field="mean",
+                    value=self.mean,
+                )
+            if any(v <= 0 for v in self.std):
+                raise spec_error("normalization", "std must be > 0", field="std", value=self.std)
+        return self
+
+    def resolved_norm(self) -> str | None:
+        if self.norm is not None:
+            return self.norm
+        return ROBUSTBENCH_THREATS.get(self.threat_model or "")
+
+    def resolved_source(self) -> DatasetSpec:
+        if self.source is not None:
+            return self.source
+        return DatasetSpec(dataset=str(self.dataset))
+
+    def label(self) -> str:
+        """A readable name: the entry's name, the RobustBench id or the file's name."""
+        if self.name:
+            return self.name
+        if self.robustbench:
+            return self.robustbench
+        return str(self.path).rstrip("/").rsplit("/", 1)[-1]
+
+
 class SweepSpec(StrictModel):
     """A whole study: the grid (or a search), how to train, what to evaluate, where results go."""
 
@@ -772,6 +911,7 @@ class SweepSpec(StrictModel):
     description: str = ""
     grid: GridSpec | None = None
     search: SearchSpec | None = None
+    networks: list[NetworkSpec] | None = Field(None, min_length=1)
     training: TrainingSpec = TrainingSpec()
     data: DataSpec = DataSpec()
     evaluations: EvaluationsSpec = EvaluationsSpec()
@@ -780,13 +920,38 @@ class SweepSpec(StrictModel):
 
     @model_validator(mode="after")
     def _grid_or_search(self) -> SweepSpec:
-        if (self.grid is None) == (self.search is None):
+        if self.grid is not None and self.search is not None:
             raise spec_error(
                 "grid_or_search",
                 "give either grid (every cell trained) or search (an Optuna sampler proposes "
-                "trials), not both and not neither",
-                field="grid" if self.grid is None else "search",
-                value=None if self.grid is None else "both",
+                "trials), not both",
+                field="search",
+                value="both",
+            )
+        if self.grid is None and self.search is None and self.networks is None:
+            raise spec_error(
+                "grid_or_search",
+                "give a grid (every cell trained), a search (an Optuna sampler proposes trials) "
+                "or networks (published checkpoints, evaluated without training)",
+                field="grid",
+                value=None,
+            )
+        if self.search is not None and self.networks is not None:
+            raise spec_error(
+                "search_networks",
+                "a search proposes its own trials: evaluate published networks in a study "
+                "with a grid, or with networks alone",
+                field="networks",
+                value=f"{len(self.networks)} networks",
+            )
+        names = [n.label() for n in self.networks or []]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise spec_error(
+                "network_names",
+                f"two networks are called {repeated[0]!r}: give each a distinct name",
+                field="networks",
+                value=repeated[0],
             )
         if self.search is not None:
             targets = {t.to_ref().id for t in self.evaluations.transfer.targets}
@@ -856,7 +1021,18 @@ class SweepSpec(StrictModel):
         return self.expand()
 
     def sources(self) -> list[DatasetSpec]:
-        return [self.search.source] if self.search is not None else list(self.grid.sources)  # type: ignore[union-attr]
+        """The source datasets: the grid's or the search's, and those of the networks."""
+        if self.search is not None:
+            found = [self.search.source]
+        else:
+            found = list(self.grid.sources) if self.grid is not None else []
+        return found + [n.resolved_source() for n in self.networks or []]
+
+    def trial_count(self) -> int:
+        """How many trials the study has: the grid's cells (or the search's budget), plus one
+        per imported network."""
+        base = self.search.num_trials if self.search is not None else len(self.expand())
+        return base + len(self.networks or [])
 
     def results_dir(self) -> str:
         """The study's output folder (default results/NAME): an absolute local path or a URI."""

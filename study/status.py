@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 from study.evaluations import evaluation_tables
 from study.lease import describe_lease, read_lease
 from study.sinks.parquet import KEYS, KeySet, read_key_columns
-from study.spec import SweepSpec
+from study.spec import IMPORTED, SweepSpec
 from trainables import storage
 
 
@@ -59,7 +59,13 @@ def trials_done(trials: pa.Table, spec: SweepSpec, cells: set[str]) -> int:
         mine = pc.is_in(column, value_set=pa.array(sorted(cells), pa.string()))
     else:
         mine = pc.equal(trials.column("proposed_by"), spec.search.proposed_by())
-    return int(pc.count_distinct(column.filter(pc.fill_null(mine, False))).as_py())
+    done = int(pc.count_distinct(column.filter(pc.fill_null(mine, False))).as_py())
+    if spec.networks:
+        # Imported networks are keyed by their files' checksums, which status does not read:
+        # counted by who proposed them (a network whose file changed has an older row too).
+        imported = pc.fill_null(pc.equal(trials.column("proposed_by"), IMPORTED), False)
+        done += min(len(spec.networks), int(pc.count_distinct(column.filter(imported)).as_py()))
+    return done
 
 
 def study_status(spec: SweepSpec, with_mlflow: bool = True) -> StudyStatus:
@@ -67,7 +73,7 @@ def study_status(spec: SweepSpec, with_mlflow: bool = True) -> StudyStatus:
     with_mlflow, the study's runs by state."""
     tables = storage.join(spec.results_dir(), "tables")
     cells = {c.key for c in spec.expand()}
-    total = spec.search.num_trials if spec.search is not None else len(cells)
+    total = spec.trial_count()
     done = 0
     rows: dict[str, int] = {}
     for table, key in KEYS.items():

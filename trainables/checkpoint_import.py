@@ -12,6 +12,10 @@ Formats (`load_external_checkpoint(..., format=...)`):
   'mean'/'std' buffer, or RobustBench's `normalize_model` wrapper ('normalize.mean', 'model.*').
   A network without one expects raw [0, 1] inputs, so our Normalize becomes the identity
   (unless mean/std are passed: some RobustBench models normalise with hard-coded constants).
+* "torchvision": a torchvision model's own state dict ('conv1.weight', ..., 'fc.weight'), as
+  torchvision.models and timm's torchvision ports save it. torchvision's code normalises nothing:
+  its weights expect inputs normalised with the ImageNet constants of its transforms, which
+  become our Normalize unless mean/std are passed.
 * "state_dict": a torch.save'd state dict with our own key names, optionally 'module.'-prefixed.
 * "safetensors": a .safetensors file with our own key names.
 * "auto": safetensors by extension or header, otherwise from the keys: 'normalizer.' or
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +53,7 @@ from safetensors.torch import load_file
 from trainables.models import Classifier
 from trainables.models.cifar import upgrade_legacy_resnet18_key
 
-FORMATS = ("auto", "robustness", "robustbench", "state_dict", "safetensors")
+FORMATS = ("auto", "robustness", "robustbench", "torchvision", "state_dict", "safetensors")
 OWN_FORMATS = ("state_dict", "safetensors")
 SHOWN = 10  # how many missing / unexpected keys an error message lists
 
@@ -74,6 +79,9 @@ class KeyMapping:
     # The reference keeps its normalisation in code, not in its checkpoints: without an
     # override the import stops and names these constants instead of assuming raw inputs.
     normalization_in_code: str = ""
+    # The normalisation the reference's users apply outside the network (torchvision's
+    # transforms), used when the file holds none and the caller passes none.
+    default_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 _ROBUSTNESS_NORMALIZER = (("normalizer.new_mean", "normalizer.new_std"),)
@@ -104,6 +112,10 @@ ROBUSTBENCH_DM = KeyMapping(
 )
 # RobustBench ImageNet: a torchvision model, usually inside normalize_model ('model.' prefix).
 ROBUSTBENCH_TORCHVISION = KeyMapping("model.", ("fc",), (), _ROBUSTBENCH_NORMALIZER)
+# torchvision.models' own state dicts: no prefix, final layer `fc`, ImageNet normalisation
+# applied by the transforms that come with the weights.
+IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+TORCHVISION = KeyMapping("", ("fc",), default_normalization=IMAGENET_NORMALIZATION)
 
 _TORCHVISION = ("tv_resnet18", "tv_resnet50", "tv_wide_resnet50_2")
 MAPPINGS: dict[tuple[str, str], KeyMapping] = {
@@ -117,6 +129,7 @@ MAPPINGS: dict[tuple[str, str], KeyMapping] = {
     ("robustbench", "wrn34_10"): ROBUSTBENCH_WRN,
     ("robustbench", "wrn70_16"): ROBUSTBENCH_DM,
     **{("robustbench", arch): ROBUSTBENCH_TORCHVISION for arch in _TORCHVISION},
+    **{("torchvision", arch): TORCHVISION for arch in _TORCHVISION},
 }
 
 
@@ -125,7 +138,8 @@ class ImportReport:
     """What load_external_checkpoint did.
 
     normalization: "checkpoint" (mean/std read from the file), "identity" (the external network
-    has no normaliser, so ours is x -> x) or "override" (mean/std passed by the caller).
+    has no normaliser, so ours is x -> x), "default" (the format's usual constants: torchvision's
+    ImageNet mean and std) or "override" (mean/std passed by the caller).
     """
 
     path: str
@@ -164,7 +178,11 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _read_torch(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A plain pickle (not torch.save's) makes torch warn of its protocol first; the
+            # refusal below says what matters, in one line.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "weights only" in text.lower() or "unsupported global" in text.lower():
@@ -311,6 +329,7 @@ def load_external_checkpoint(
         )
     arch = model.arch
     ignored: list[str] = []
+    default_norm = False
 
     if format == "safetensors" or (format == "auto" and _looks_like_safetensors(path)):
         fmt = "safetensors"
@@ -336,6 +355,9 @@ def load_external_checkpoint(
             )
         mapped, norm, dropped = _map_external(state, mapping)
         ignored += dropped
+        if norm is None and mean is None and mapping.default_normalization is not None:
+            mean, std = mapping.default_normalization
+            default_norm = True
         if norm is None and mean is None and mapping.normalization_in_code:
             raise CheckpointImportError(
                 f"{path}: a {fmt} checkpoint of {arch} holds no normalisation (its code sets "
@@ -345,7 +367,7 @@ def load_external_checkpoint(
     expected = model.state_dict()
     from_file = set(mapped)  # our keys whose tensors come from the file
     if mean is not None and std is not None:
-        normalization = "override"
+        normalization = "default" if default_norm else "override"
         norm = (torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
         from_file -= {"normalize.mean", "normalize.std"}
     elif norm is not None:
@@ -381,6 +403,13 @@ def load_external_checkpoint(
         )
         raise CheckpointImportError(msg)
 
+    head = mapped.get("head.weight")
+    if head is not None and head.shape[0] != expected["head.weight"].shape[0]:
+        raise CheckpointImportError(
+            f"{path}: the checkpoint's head has {head.shape[0]} classes but the model's source "
+            f"has {expected['head.weight'].shape[0]}: give the source dataset (and class "
+            "subset) the network was trained on"
+        )
     mismatched = [
         f"{k}: checkpoint {_shape(v)} vs model {_shape(expected[k])}"
         for k, v in mapped.items()

@@ -141,12 +141,56 @@ class TrainConfig:
         instance's __dict__ beside the fields, never in asdict, to_canonical, == or a pickle."""
         return compute_key("train", self)
 
+    @property
+    def attack_id(self) -> str:
+        """The attack column of the tables: the training attack (pgd7, fgsm_rs, free4)."""
+        return self.attack.id
+
+    @property
+    def imported(self) -> bool:
+        """Whether the network was trained elsewhere (an ImportedConfig) rather than here."""
+        return False
+
     def __getstate__(self) -> dict[str, Any]:
         # A pickle carries the fields only: the receiving process recomputes the key with its
         # own code (and KEY_VERSION), and the pickled bytes are those of an uncached config.
         state = dict(self.__dict__)
         state.pop("key", None)
         return state
+
+
+@dataclass(frozen=True)
+class ImportedConfig(TrainConfig):
+    """A network trained elsewhere (a published checkpoint), placed in the grid by its labels.
+
+    source, arch, norm and eps say what it is (eps: the radius it was trained at, as its
+    authors report it), seed is its replicate label and method the training-method label
+    (pgd, trades, fast, ...), the attack column of the tables. sha256 is the checksum of the
+    checkpoint file's bytes, so that changing the file re-evaluates the network; mean and std
+    override the normalisation the file holds. The optimisation and attack fields keep their
+    defaults: nothing is trained. name is a readable label, outside the key.
+    """
+
+    sha256: str = ""
+    method: str = "pgd"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    name: str = ""
+
+    @functools.cached_property
+    def key(self) -> str:
+        """The trial_key of an imported network: its file's sha256, labels and data split."""
+        canonical = to_canonical(self)
+        canonical.pop("name")
+        return compute_key("imported", canonical)
+
+    @property
+    def attack_id(self) -> str:
+        return self.method
+
+    @property
+    def imported(self) -> bool:
+        return True
 
 
 @dataclass(frozen=True)

@@ -277,7 +277,7 @@ def register_evaluator(kind: str, fn: Evaluator) -> None:
     result row (run_evaluation adds wall_time_s). A kind registered again is replaced.
 
     Evaluations run in Ray worker processes: register in a module that the workers import too
-    (as the seven built-in kinds below are, with this package).
+    (as the eight built-in kinds below are, with this package).
     """
     if not isinstance(kind, str) or not kind:
         raise ValueError(f"an evaluation kind must be a non-empty string, got {kind!r}: name it")
@@ -400,7 +400,21 @@ def _run_finetune(task: EvalTask, device: Device) -> dict[str, Any]:
     )
 
 
+def _run_source_accuracy(task: EvalTask, device: Device) -> dict[str, Any]:
+    """An imported network's clean and robust accuracy on its source test set, under the names
+    training reports them by (test/acc_clean, test/acc_pgd)."""
+    result = _run_robustness(task, device)
+    return {
+        "eval_eps": result["eval_eps"],
+        "eval_attack": result["eval_attack"],
+        "n_samples": result["n_samples"],
+        "test_acc_clean": result["clean_acc"],
+        "test_acc_pgd": result["robust_acc"],
+    }
+
+
 register_evaluator("transfer", _run_transfer)
+register_evaluator("source_accuracy", _run_source_accuracy)
 register_evaluator("random_init", _run_random_init)
 register_evaluator("raw_pixels", _run_raw_pixels)
 register_evaluator("fisher", _run_fisher)

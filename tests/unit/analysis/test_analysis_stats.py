@@ -200,7 +200,9 @@ def test_aggregate_seeds_without_a_seed_column_counts_rows() -> None:
 def test_load_tables_reads_every_table_with_the_columns_analysis_reads(tmp_path: Path) -> None:
     build_study(tmp_path, clean=noisy({0.0: 0.9, 0.25: 0.8, 0.5: 0.7, 1.0: 0.6}, 0.01))
     tables = load_tables(tmp_path)
-    assert set(tables) == {"trials", "epochs", "transfer", "fisher", "robustness", "inversion"}
+    assert set(tables) == {
+        *("trials", "epochs", "transfer", "fisher", "robustness", "source", "inversion"),
+    }
     assert len(tables["trials"]) == 12
     assert tables["trials"].groupby("eps")["test_acc_clean"].mean().to_dict() == pytest.approx(
         {0.0: 0.9, 0.25: 0.8, 0.5: 0.7, 1.0: 0.6}

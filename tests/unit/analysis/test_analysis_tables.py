@@ -103,3 +103,45 @@ def test_study_report_on_a_newer_schema_exits_2_with_one_line_naming_the_file(
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1
     assert str(path) in err and "update atsweep" in err
+
+
+def test_imported_networks_take_their_source_accuracy_and_the_newest_file_counts() -> None:
+    """An imported network's trials row has no accuracy (nothing trained it here): it comes
+    from its source-accuracy evaluation. A network whose file changed is a new trial under the
+    same name; the older one and its evaluations are left out, so it never counts twice."""
+    import json
+
+    from analysis.tables import drop_superseded, fill_source_accuracy
+
+    def trial(key: str, name: str, when: str, clean: float | None) -> dict[str, object]:
+        return {
+            "trial_key": key,
+            "proposed_by": "imported" if name else "grid",
+            "config_json": json.dumps({"name": name}),
+            "completed_at": pd.Timestamp(when, tz="UTC"),
+            "test_acc_clean": clean,
+            "test_acc_pgd": clean,
+        }
+
+    trials = pd.DataFrame(
+        [
+            trial("old", "madry", "2026-01-01", None),
+            trial("new", "madry", "2026-02-01", None),
+            trial("other", "rb", "2026-01-15", None),
+            trial("grid", "", "2026-01-10", 0.9),
+        ]
+    )
+    source = pd.DataFrame(
+        {
+            "trial_key": ["old", "new", "other"],
+            "test_acc_clean": [0.1, 0.2, 0.3],
+            "test_acc_pgd": [0.0, 0.1, 0.2],
+        }
+    )
+    transfer = pd.DataFrame({"trial_key": ["old", "new", None], "test_acc": [0.5, 0.6, 0.7]})
+    kept = drop_superseded({"trials": trials, "source": source, "transfer": transfer})
+    assert list(kept["trials"]["trial_key"]) == ["new", "other", "grid"]
+    assert list(kept["transfer"]["test_acc"]) == [0.6, 0.7]  # the baseline (no trial) stays
+    filled = fill_source_accuracy(kept["trials"], kept["source"]).set_index("trial_key")
+    assert filled["test_acc_clean"].to_dict() == {"new": 0.2, "other": 0.3, "grid": 0.9}
+    assert filled.loc["other", "test_acc_pgd"] == 0.2

@@ -53,7 +53,7 @@ def add_grid(s: dict) -> None:
 
 
 CASES = {
-    "neither": (drop_grid_and_search, "grid = None: give either grid"),
+    "neither": (drop_grid_and_search, "grid = None: give a grid"),
     "both": (add_grid, "search = 'both': give either grid"),
     "objective": (
         lambda s: s["search"]["objectives"].append({"metric": "transfer:cifar10"}),

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from tests.published import network, robustness_file, torchvision_file
 from trainables.checkpoint_import import (
     CheckpointImportError,
     ImportReport,
@@ -53,36 +54,10 @@ def fresh(arch: str, width: float) -> Classifier:
     return build_model(ArchRef(arch, width), ModelInput(3, 32, (0.5,) * 3, (0.25,) * 3), 10)
 
 
-def network(model: Classifier, head: str) -> dict[str, torch.Tensor]:
-    """Our network's weights under the external library's names: body.X -> X, head -> `head`."""
-    out = {k.removeprefix("body."): v.clone() for k, v in model.state_dict().items()}
-    out = {k: v for k, v in out.items() if not k.startswith(("normalize.", "head."))}
-    out[f"{head}.weight"] = model.head.weight.detach().clone()
-    out[f"{head}.bias"] = model.head.bias.detach().clone()
-    return out
-
-
 def assert_same_function(source: Classifier, loaded: Classifier) -> None:
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.allclose(source(x), loaded.eval()(x), atol=1e-6)
-
-
-def robustness_file(path: Path, source: Classifier, head: str) -> Path:
-    """As MadryLab robustness saves an AttackerModel in DataParallel (train.py save_checkpoint)."""
-    net = network(source, head)
-    mean = source.normalize.mean.view(3, 1, 1).clone()
-    std = source.normalize.std.view(3, 1, 1).clone()
-    sd: dict[str, torch.Tensor] = {
-        "module.normalizer.new_mean": mean,
-        "module.normalizer.new_std": std,
-    }
-    sd |= {f"module.model.{k}": v for k, v in net.items()}
-    sd |= {"module.attacker.normalize.new_mean": mean, "module.attacker.normalize.new_std": std}
-    sd |= {f"module.attacker.model.{k}": v.clone() for k, v in net.items()}
-    optimizer = torch.optim.SGD(source.parameters(), lr=0.1, momentum=0.9)
-    torch.save({"model": sd, "optimizer": optimizer.state_dict(), "epoch": 10}, path)
-    return path
 
 
 def test_robustness_resnet18_maps_onto_ours(tmp_path: Path) -> None:
@@ -194,6 +169,28 @@ def test_robustbench_imagenet_normalize_model_wrapper(tmp_path: Path) -> None:
     report = load_external_checkpoint(path, target)
     assert report.format == "robustbench" and report.std == pytest.approx(imagenet[1])
     assert_same_function(source, target)
+
+
+@pytest.mark.parametrize("arch", ["tv_resnet18", "tv_resnet50"])
+def test_torchvision_state_dict_gets_imagenet_normalisation(tmp_path: Path, arch: str) -> None:
+    """torchvision's weights expect the ImageNet mean and std of its transforms: the import
+    puts them in our Normalize, since the file holds no normaliser."""
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    source = make_source(arch, 1.0, *imagenet)
+    path = torchvision_file(tmp_path / f"{arch}.pth", source)
+    target = fresh(arch, 1.0)
+    report = load_external_checkpoint(path, target, format="torchvision")
+    assert (report.format, report.normalization) == ("torchvision", "default")
+    assert report.mean == pytest.approx(imagenet[0]) and report.std == pytest.approx(imagenet[1])
+    assert_same_function(source, target)
+
+
+def test_a_head_of_another_class_count_names_both(tmp_path: Path) -> None:
+    source = make_source("resnet18", 0.25)  # 10 classes
+    path = robustness_file(tmp_path / "r18.pt", source, head="linear")
+    target = build_model(ArchRef("resnet18", 0.25), ModelInput(3, 32, (0.5,) * 3, (0.25,) * 3), 5)
+    with pytest.raises(CheckpointImportError, match=r"head has 10 classes but the model's .* 5"):
+        load_external_checkpoint(path, target)
 
 
 def test_own_state_dict_with_module_prefix(tmp_path: Path) -> None:

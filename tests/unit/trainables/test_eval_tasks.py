@@ -81,6 +81,14 @@ def every_task(cfg: TrainConfig, ckpt: Path, tmp_path: Path) -> dict[str, EvalTa
             train=cfg,
             checkpoint=str(ckpt),
         ),
+        "source_accuracy": EvalTask(
+            "source_accuracy",
+            "k",
+            DATA,
+            RobustnessConfig(eps=1.0, attack=AttackConfig(steps=5), num_samples=1 << 31),
+            train=cfg,
+            checkpoint=str(ckpt),
+        ),
         "inversion": EvalTask(
             "inversion",
             "k",
@@ -115,6 +123,10 @@ def check_results(out: dict[str, dict]) -> None:
     assert set(fisher["weight_trace_per_layer"]) >= {"head"}
     rob = out["robustness"]
     assert 0 <= rob["robust_acc"] <= rob["clean_acc"] <= 1 and rob["eval_attack"] == "pgd5"
+    # The whole source test split, under the names training reports.
+    source = out["source_accuracy"]
+    assert source["n_samples"] > rob["n_samples"] and source["eval_attack"] == "pgd5"
+    assert 0 <= source["test_acc_pgd"] <= source["test_acc_clean"] <= 1
     inv = out["inversion"]
     assert inv["n_images"] == 3 and Path(inv["grid_path"]).is_file() and inv["psnr"] > 0
 
@@ -145,6 +157,7 @@ BUILTIN_KINDS = (
     "raw_pixels",
     "fisher",
     "robustness",
+    "source_accuracy",
     "inversion",
     "finetune",
 )
