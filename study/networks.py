@@ -74,25 +74,25 @@ def _entry_error(index: int, entry: NetworkSpec, message: str) -> SpecError:
 def robustbench_architecture(module: Any) -> tuple[str, float]:
     """(our arch, width) of a RobustBench network built on the meta device, from its class and
     its depth and width as its layers show them; ValueError for a kind we have no arch for."""
-    kind = type(module).__name__
+    kind, name = type(module).__name__, ""
     if kind == "DMWideResNet":
+        # Our wrn70_16 is the DeepMind layout with Swish; other depths or a ReLU one are not.
         blocks = len(module.layer[0].block)
         width = module.logits.in_features / 64
-        name = f"wrn{6 * blocks + 4}_{width:g}"
-    elif kind == "WideResNet":
+        activation = type(module.layer[0].block[0].relu_0).__name__
+        kind = f"DMWideResNet-{6 * blocks + 4}-{width:g} ({activation})"
+        if (blocks, width, activation) == (11, 16, "Swish"):
+            name = "wrn70_16"
+    elif kind == "WideResNet":  # the TRADES layout
         blocks = len(module.block1.layer)
         width = module.fc.in_features / 64
-        name = f"wrn{6 * blocks + 4}_{width:g}"
-        if name == "wrn70_16":
-            name = ""  # RobustBench's WideResNet-70-16 is always the DeepMind layout
-    else:
-        name = ""
-    supported = ("wrn28_10", "wrn34_10", "wrn70_16")
-    if name not in supported:
+        kind = f"WideResNet-{6 * blocks + 4}-{width:g}"
+        if (blocks, width) in ((4, 10), (5, 10)):
+            name = f"wrn{6 * blocks + 4}_10"
+    if not name:
         raise ValueError(
-            f"its network is a {kind}, which no registered arch reproduces: give arch, norm "
-            f"and eps in the entry with a path in a supported format (RobustBench archs: "
-            f"{', '.join(supported)})"
+            f"its network is a {kind}, which no registered arch reproduces (RobustBench's that "
+            "do: WideResNet-28-10, WideResNet-34-10, DMWideResNet-70-16 with Swish)"
         )
     return name, 1.0
 
@@ -147,6 +147,27 @@ def resolve_robustbench(index: int, entry: NetworkSpec) -> NetworkSpec:
     )
 
 
+def download_robustbench(index: int, entry: NetworkSpec, load: LoadRequest) -> None:
+    """Fetch a RobustBench network into its cache layout with the package's own loader (which
+    knows where each model is hosted); the package is needed for that."""
+    if importlib.util.find_spec("robustbench") is None:
+        raise _entry_error(
+            index,
+            entry,
+            "downloading a RobustBench model needs the robustbench package, which is not "
+            f"installed: `{ROBUSTBENCH_INSTALL}`, or fetch the file to "
+            f"{robustbench_path(entry, load)} yourself",
+        )
+    from robustbench.utils import load_model
+
+    load_model(
+        entry.robustbench,
+        model_dir=str(checkpoint_cache(load) / "models"),
+        dataset=entry.dataset,
+        threat_model=entry.threat_model,
+    )
+
+
 def resolve_networks(spec: SweepSpec, load: LoadRequest, *, check: bool) -> list[Network]:
     """Every network of the spec, found and checksummed (and, with check, loaded onto its arch).
 
@@ -163,6 +184,8 @@ def resolve_networks(spec: SweepSpec, load: LoadRequest, *, check: bool) -> list
         entry = resolve_robustbench(index, given) if given.robustbench else given
         location = entry.path or str(robustbench_path(entry, load))
         try:
+            if entry.robustbench and not Path(location).is_file() and entry.download:
+                download_robustbench(index, entry, load)
             if entry.robustbench and not Path(location).is_file():
                 raise CheckpointImportError(
                     f"{location} is not there: fetch it on a machine with internet "

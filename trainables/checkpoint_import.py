@@ -302,89 +302,60 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
-def load_external_checkpoint(
-    path: str | Path,
-    model: Classifier,
-    *,
-    format: str = "auto",
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> ImportReport:
-    """Load a local external checkpoint into `model` in place (strictly) and report what was done.
+def _read_state(path: Path, format: str) -> tuple[dict[str, torch.Tensor], str, list[str]]:
+    """(tensors with 'module.' stripped, the format they are in, ignored non-tensor entries).
 
-    `mean`/`std` override the normalisation, for networks that normalise with constants in
-    their code rather than buffers in the checkpoint; otherwise the checkpoint's normaliser is
-    used, or the identity for an external network that has none.
-    """
-    path = Path(path)
-    if format not in FORMATS:
-        raise CheckpointImportError(f"unknown format {format!r}: choose one of {FORMATS}")
-    if (mean is None) != (std is None):
-        raise CheckpointImportError("pass both mean and std to override normalisation, or neither")
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise CheckpointImportError(
-            f"{path} {what}: pass the checkpoint file (our own checkpoint directories load "
-            "with trainables.checkpoint.load_checkpoint)"
-        )
-    arch = model.arch
+    A safetensors file is read as such whatever the format (an external library's keys may be
+    exported to one); its format is detected from its keys under auto."""
     ignored: list[str] = []
-    default_norm = False
-
-    if format == "safetensors" or (format == "auto" and _looks_like_safetensors(path)):
-        fmt = "safetensors"
+    if format == "safetensors" or _looks_like_safetensors(path):
         raw = _read_safetensors(path)
+        if format == "auto":
+            detected = detect_format(raw)
+            format = "safetensors" if detected == "state_dict" else detected
     else:
         raw, ignored = _find_state_dict(_read_torch(path), path)
-        fmt = detect_format(raw) if format == "auto" else format
-    state = _strip_module(raw)
+        format = detect_format(raw) if format == "auto" else format
+    return _strip_module(raw), format, ignored
 
-    norm: tuple[torch.Tensor, torch.Tensor] | None = None
+
+def _map_state(
+    path: Path, state: dict[str, torch.Tensor], fmt: str, arch: str | None, override: bool
+) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None, list[str], str]:
+    """Our keys -> tensors, the file's (mean, std) if any, ignored keys, and where the
+    normalisation comes from when neither the file nor the caller gives it ("" if from them)."""
     if fmt in OWN_FORMATS:
         mapped = _map_own(state, arch)
+        norm = None
         if "normalize.mean" in mapped and "normalize.std" in mapped:
             norm = mapped["normalize.mean"], mapped["normalize.std"]
-    else:
-        mapping = MAPPINGS.get((fmt, arch or ""))
-        if mapping is None:
-            supported = sorted(a for f, a in MAPPINGS if f == fmt)
-            raise CheckpointImportError(
-                f"{path}: no key mapping for format {fmt!r} onto arch {arch!r}; mappings exist "
-                f"for {', '.join(supported)}: build the model with one of them, or pass "
-                f"format= ({', '.join(FORMATS)})"
-            )
-        mapped, norm, dropped = _map_external(state, mapping)
-        ignored += dropped
-        if norm is None and mean is None and mapping.default_normalization is not None:
-            mean, std = mapping.default_normalization
-            default_norm = True
-        if norm is None and mean is None and mapping.normalization_in_code:
-            raise CheckpointImportError(
-                f"{path}: a {fmt} checkpoint of {arch} holds no normalisation (its code sets "
-                f"it): pass mean= and std=; {mapping.normalization_in_code}"
-            )
-
-    expected = model.state_dict()
-    from_file = set(mapped)  # our keys whose tensors come from the file
-    if mean is not None and std is not None:
-        normalization = "default" if default_norm else "override"
-        norm = (torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
-        from_file -= {"normalize.mean", "normalize.std"}
-    elif norm is not None:
-        normalization = "checkpoint"
-        from_file |= {"normalize.mean", "normalize.std"}
-    elif fmt not in OWN_FORMATS:
-        # An external network without a normaliser was trained on raw [0, 1] inputs.
-        normalization = "identity"
-        norm = (
-            torch.zeros_like(expected["normalize.mean"]),
-            torch.ones_like(expected["normalize.std"]),
+        return mapped, norm, [], "missing"
+    mapping = MAPPINGS.get((fmt, arch or ""))
+    if mapping is None:
+        supported = sorted(a for f, a in MAPPINGS if f == fmt)
+        raise CheckpointImportError(
+            f"{path}: no key mapping for format {fmt!r} onto arch {arch!r}; mappings exist "
+            f"for {', '.join(supported)}: build the model with one of them, or pass "
+            f"format= ({', '.join(FORMATS)})"
         )
-    else:  # our own formats always hold normalize.*: leave them missing, so strictness reports
-        normalization = "missing"
-    if norm is not None:
-        mapped["normalize.mean"], mapped["normalize.std"] = norm
+    mapped, norm, ignored = _map_external(state, mapping)
+    if norm is None and not override and mapping.normalization_in_code:
+        raise CheckpointImportError(
+            f"{path}: a {fmt} checkpoint of {arch} holds no normalisation (its code sets "
+            f"it): pass mean= and std= (in a study, the entry's mean and std); "
+            f"{mapping.normalization_in_code}"
+        )
+    # An external network without a normaliser was trained on raw [0, 1] inputs, unless its
+    # library's users normalise outside it (torchvision's transforms).
+    return mapped, norm, ignored, "default" if mapping.default_normalization else "identity"
 
+
+def _check_fit(
+    path: Path, fmt: str, arch: str | None, mapped: dict[str, torch.Tensor], model: Classifier
+) -> list[str]:
+    """Raise unless the mapped tensors fit the model key for key and shape for shape; returns
+    the num_batches_tracked counters the file lacks (defaulted to the model's)."""
+    expected = model.state_dict()
     defaulted = [k for k in expected if k not in mapped and k.endswith("num_batches_tracked")]
     missing = [k for k in expected if k not in mapped and k not in defaulted]
     unexpected = [k for k in mapped if k not in expected]
@@ -402,7 +373,6 @@ def load_external_checkpoint(
             f"format= (one of {', '.join(FORMATS)})"
         )
         raise CheckpointImportError(msg)
-
     head = mapped.get("head.weight")
     if head is not None and head.shape[0] != expected["head.weight"].shape[0]:
         raise CheckpointImportError(
@@ -423,18 +393,77 @@ def load_external_checkpoint(
             + "\nFix: build the model with the checkpoint's width, number of classes and input "
             "channels"
         )
+    return defaulted
 
+
+def load_external_checkpoint(
+    path: str | Path,
+    model: Classifier,
+    *,
+    format: str = "auto",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> ImportReport:
+    """Load a local external checkpoint into `model` in place (strictly) and report what was done:
+    read the file, map its keys, set the normalisation, check the fit, load.
+
+    `mean`/`std` override the normalisation, for networks that normalise with constants in
+    their code rather than buffers in the checkpoint; otherwise the checkpoint's normaliser is
+    used, or the format's usual constants (torchvision), or the identity for an external network
+    that has none.
+    """
+    path = Path(path)
+    if format not in FORMATS:
+        raise CheckpointImportError(f"unknown format {format!r}: choose one of {FORMATS}")
+    if (mean is None) != (std is None):
+        raise CheckpointImportError("pass both mean and std to override normalisation, or neither")
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise CheckpointImportError(
+            f"{path} {what}: pass the checkpoint file (our own checkpoint directories load "
+            "with trainables.checkpoint.load_checkpoint)"
+        )
+    arch = model.arch
+    state, fmt, ignored = _read_state(path, format)
+    mapped, norm, dropped, fallback = _map_state(path, state, fmt, arch, mean is not None)
+    ignored += dropped
+
+    expected = model.state_dict()
+    from_file = set(mapped)  # our keys whose tensors come from the file
+    if mean is not None and std is not None:
+        normalization = "override"
+        norm = (torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
+        from_file -= {"normalize.mean", "normalize.std"}
+    elif norm is not None:
+        normalization = "checkpoint"
+        from_file |= {"normalize.mean", "normalize.std"}
+    elif fallback == "default":
+        normalization = "default"
+        constants = MAPPINGS[(fmt, arch or "")].default_normalization
+        assert constants is not None
+        norm = tuple(torch.tensor(c).view(1, -1, 1, 1) for c in constants)  # type: ignore[assignment]
+    elif fallback == "identity":
+        normalization = "identity"
+        norm = (
+            torch.zeros_like(expected["normalize.mean"]),
+            torch.ones_like(expected["normalize.std"]),
+        )
+    else:  # our own formats always hold normalize.*: leave them missing, so strictness reports
+        normalization = "missing"
+    if norm is not None:
+        mapped["normalize.mean"], mapped["normalize.std"] = norm
+
+    defaulted = _check_fit(path, fmt, arch, mapped, model)
     for key in defaulted:
         mapped[key] = expected[key]
     model.load_state_dict(mapped, strict=True)
-    loaded_mean, loaded_std = model.normalize.mean, model.normalize.std
     return ImportReport(
         path=str(path),
         format=fmt,
         arch=arch,
         tensors_loaded=len(from_file),
-        mean=tuple(float(v) for v in loaded_mean.flatten()),
-        std=tuple(float(v) for v in loaded_std.flatten()),
+        mean=tuple(float(v) for v in model.normalize.mean.flatten()),
+        std=tuple(float(v) for v in model.normalize.std.flatten()),
         normalization=normalization,
         ignored_keys=tuple(ignored),
         defaulted_keys=tuple(defaulted),

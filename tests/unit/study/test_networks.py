@@ -195,3 +195,12 @@ def test_a_cached_url_is_used_without_download_and_its_sha256_checked(tmp_path: 
 def test_the_checkpoint_cache_is_the_data_root_or_the_home_cache(tmp_path: Path) -> None:
     assert checkpoint_cache(LoadRequest(root=str(tmp_path))) == tmp_path
     assert checkpoint_cache(LoadRequest()) == Path.home() / ".cache" / "atsweep"
+
+
+def test_a_robustbench_network_no_arch_reproduces_is_named() -> None:
+    from torch import nn
+
+    from study.networks import robustbench_architecture
+
+    with pytest.raises(ValueError, match="its network is a Sequential, which no registered arch"):
+        robustbench_architecture(nn.Sequential(nn.Linear(2, 2)))

@@ -12,8 +12,16 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from tests.published import network, robustness_file, torchvision_file
+from tests.published import (
+    network,
+    robustbench_file,
+    robustness_file,
+    safetensors_file,
+    torchvision_file,
+)
+from trainables.catalog import list_models
 from trainables.checkpoint_import import (
+    MAPPINGS,
     CheckpointImportError,
     ImportReport,
     load_external_checkpoint,
@@ -331,3 +339,61 @@ def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
 def test_report_is_a_plain_record() -> None:
     fields = ImportReport.__dataclass_fields__
     assert {"format", "tensors_loaded", "mean", "std", "ignored_keys"} <= set(fields)
+
+
+# Small widths where an arch has a width multiplier; the torchvision models are full size.
+WIDTHS = {"wrn28_10": 0.1, "wrn34_10": 0.1, "wrn70_16": 0.0625, "small_cnn": 0.25}
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+EVERY_PAIR = sorted(
+    {*MAPPINGS, *((f, a) for f in ("state_dict", "safetensors") for a in list_models())}
+)
+
+
+def write_in_format(folder: Path, fmt: str, arch: str, source: Classifier) -> Path:
+    """source saved the way `fmt`'s library saves it (RobustBench's at its cache path)."""
+    if fmt == "robustness":
+        return robustness_file(folder / f"{arch}.pt", source, MAPPINGS[(fmt, arch)].head[0])
+    if fmt == "robustbench":
+        path = folder / "models" / "cifar10" / "Linf" / f"{arch}.pt"
+        return robustbench_file(path, source, MAPPINGS[(fmt, arch)].head[0])
+    if fmt == "torchvision":
+        return torchvision_file(folder / f"{arch}.pth", source)
+    if fmt == "safetensors":
+        return safetensors_file(folder / f"{arch}.safetensors", source)
+    path = folder / f"{arch}.pt"
+    torch.save(source.state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("fmt,arch", EVERY_PAIR, ids=lambda v: str(v))
+def test_every_format_and_arch_pair_imports_the_same_function(
+    tmp_path: Path, fmt: str, arch: str
+) -> None:
+    """Every (format, arch) pair the README lists: the file loads strictly onto a fresh model,
+    which then computes what the network that was saved computes."""
+    width = WIDTHS.get(arch, 0.25 if arch.startswith(("resnet", "preact")) else 1.0)
+    stats = IMAGENET if fmt == "torchvision" else (CIFAR_MEAN, CIFAR_STD)
+    source = make_source(arch, width, *stats)
+    path = write_in_format(tmp_path, fmt, arch, source)
+    target = fresh(arch, width)
+    report = load_external_checkpoint(path, target, format=fmt)
+    assert report.format == fmt and report.arch == arch
+    assert report.mean == pytest.approx(stats[0]) and report.std == pytest.approx(stats[1])
+    assert_same_function(source, target)
+
+
+def test_an_external_state_dict_exported_to_safetensors_keeps_its_format(tmp_path: Path) -> None:
+    """A robustness checkpoint that torch.load(weights_only=True) refuses (pickled with dill)
+    is converted once where it is trusted: its 'model' dict saved as safetensors, which then
+    imports with its own format's mapping, named or detected from its keys."""
+    source = make_source("resnet18", 0.25)
+    pickled = torch.load(
+        robustness_file(tmp_path / "r18.pt", source, head="linear"), weights_only=True
+    )
+    path = tmp_path / "r18.safetensors"
+    save_file({k: v.clone().contiguous() for k, v in pickled["model"].items()}, str(path))
+    for fmt in ("robustness", "auto"):
+        target = fresh("resnet18", 0.25)
+        report = load_external_checkpoint(path, target, format=fmt)
+        assert report.format == "robustness" and report.normalization == "checkpoint"
+        assert_same_function(source, target)
