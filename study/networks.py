@@ -26,9 +26,14 @@ from study.spec import (
 )
 from trainables.config import ImportedConfig, LoadRequest, standard_eps
 
-# How to install the optional package: robustbench 1.1.1 pins timm 1.0.9 and gdown 5.1.0 and
-# imports timm on import; without its pins it leaves this project's own versions alone.
-ROBUSTBENCH_INSTALL = "pip install --no-deps robustbench==1.1.1 timm==1.0.9"
+# How to install the optional package without its pins (which would replace this project's
+# versions): robustbench 1.1.1 imports timm, gdown, geotorch, torchdiffeq, bs4, pkg_resources
+# (setuptools < 80) and autoattack, which only GitHub has (PyPI's pyautoattack is another module).
+ROBUSTBENCH_INSTALL = (
+    "pip install --no-deps robustbench==1.1.1 timm==1.0.9 gdown==5.1.0 geotorch torchdiffeq "
+    "huggingface_hub beautifulsoup4 soupsieve 'setuptools<80' "
+    "git+https://github.com/fra31/auto-attack"
+)
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ class Study:
             self.started_ray = bool(work) and self.start_ray(address)
             self.recorder.open_study(spec_path)
             self.queue.submit(evals)
-            self.queue.submit(self.import_networks())
+            self.import_networks()
             if self.todo or budget:
                 build_tuner(self.spec, self.todo, self.search, self.load, self.callback()).fit()
             self.drain()
@@ -202,14 +202,14 @@ class Study:
         )
         return [PendingEval(p, run_id) for p in not_cached(planned, self.recorder)]
 
-    def import_networks(self) -> list[PendingEval]:
+    def import_networks(self) -> None:
         """Write each imported network not in the tables as one of our checkpoints (in the
-        results folder, where every node reads it), record its trial, and return its
-        evaluations. Run by the driver: reading, mapping and writing a file is I/O, the same
-        reading `study validate` does; what costs compute runs on the cluster."""
+        results folder, where every node reads it), record its trial, and submit its
+        evaluations at once (they run while the next network is imported). Run by the driver:
+        reading, mapping and writing a file is I/O, the same reading `study validate` does;
+        what costs compute runs on the cluster."""
         from trainables.imported import import_network
 
-        evals: list[PendingEval] = []
         for network in self.to_import:
             cfg = network.config
             destination = storage.join(self.recorder.results_dir, "imported", cfg.key)
@@ -222,8 +222,7 @@ class Study:
             }
             summary = f"{report.format}, normalisation {report.normalization}"
             run_id = self.recorder.record_import(cfg, destination, origin, summary)
-            evals += self.evaluations_of(cfg, destination, run_id)
-        return evals
+            self.queue.submit(self.evaluations_of(cfg, destination, run_id))
 
     def open_search(self) -> int:
         """For a search: open its Optuna study and return how many trials are left to propose

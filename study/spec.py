@@ -901,7 +901,7 @@ class NetworkSpec(StrictModel):
             return self.name
         if self.robustbench:
             return self.robustbench
-        return str(self.path).rstrip("/").rsplit("/", 1)[-1]
+        return str(self.path).split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 class SweepSpec(StrictModel):

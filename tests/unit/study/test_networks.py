@@ -204,3 +204,12 @@ def test_a_robustbench_network_no_arch_reproduces_is_named() -> None:
 
     with pytest.raises(ValueError, match="its network is a Sequential, which no registered arch"):
         robustbench_architecture(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_an_entry_is_named_by_its_name_its_robustbench_id_or_its_file() -> None:
+    labels = {"arch": "resnet50", "source": "cifar10", "norm": "l2", "eps": 0.5}
+    url = "https://www.dropbox.com/s/1zazwjfzee7c8i4/cifar_l2_0_5.pt?dl=1"
+    assert NetworkSpec(path=url, **labels).label() == "cifar_l2_0_5.pt"
+    assert NetworkSpec(path=url, name="madry", **labels).label() == "madry"
+    rb = NetworkSpec(robustbench="Carmon2019Unlabeled", dataset="cifar10", threat_model="Linf")
+    assert rb.label() == "Carmon2019Unlabeled"
