@@ -4,7 +4,9 @@ refuses), and a frozen holder taken over after the timeout that then stops writi
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,7 +66,16 @@ def test_a_frozen_holder_is_taken_over_after_the_timeout_and_stops_writing(
             ),
             "the lease went stale",
         )
-        taker = run_study("run", str(path), "--no-report", cwd=tmp_path)
+        # Two local Ray clusters on one machine need a temporary folder each. With both in the
+        # shared /tmp/ray the taker once hung for the whole 10-minute limit after taking the
+        # lease and before its Tune experiment or its MLflow writes began, that is in ray.init,
+        # beside the frozen driver's cluster (whose processes run on; only its driver stops).
+        ray_tmp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths
+        env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+        try:
+            taker = run_study("run", str(path), "--no-report", cwd=tmp_path, env=env)
+        finally:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
         assert taker.returncode == 0, taker.stdout[-3000:] + taker.stderr[-3000:]
         assert "WARNING: taking over the study's lease from" in taker.stdout
         assert "no heartbeat for" in taker.stdout
