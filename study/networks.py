@@ -204,7 +204,9 @@ def resolve_networks(spec: SweepSpec, load: LoadRequest, *, check: bool) -> list
                 cache_dir=checkpoint_cache(load),
                 sha256=entry.sha256,
             )
-            config = network_config(entry, sha256_file(local), data)
+            # fetch_checkpoint has read the file for a sha256 the entry gives: not again.
+            digest = entry.sha256.lower() if entry.sha256 else sha256_file(local)
+            config = network_config(entry, digest, data)
             if check:
                 check_network(config, local, "robustbench" if entry.robustbench else entry.format)
         except CheckpointImportError as exc:

@@ -213,3 +213,25 @@ def test_an_entry_is_named_by_its_name_its_robustbench_id_or_its_file() -> None:
     assert NetworkSpec(path=url, name="madry", **labels).label() == "madry"
     rb = NetworkSpec(robustbench="Carmon2019Unlabeled", dataset="cifar10", threat_model="Linf")
     assert rb.label() == "Carmon2019Unlabeled"
+
+
+def test_a_network_is_keyed_by_its_files_sha256_given_or_computed(tmp_path: Path) -> None:
+    import hashlib
+
+    from tests.published import safetensors_file
+    from trainables.models import ModelInput, build_model
+
+    model = build_model(ArchRef("small_cnn", 0.25), ModelInput(1, 8, (0.3,), (0.4,)), 5)
+    path = safetensors_file(tmp_path / "net.safetensors", model)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    entry = {
+        "path": str(path),
+        "arch": {"name": "small_cnn", "width": 0.25},
+        "source": {"dataset": "digits", "classes": [0, 1, 2, 3, 4]},
+        "norm": "l2",
+        "eps": 0.5,
+    }
+    for given in ({}, {"sha256": digest.upper()}):
+        spec = load(tmp_path, spec_with(tmp_path, {**entry, **given}))
+        (network,) = resolve_networks(spec, LoadRequest(), check=True)
+        assert network.config.sha256 == digest and network.local == path
