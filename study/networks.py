@@ -11,7 +11,7 @@ from RobustBench's own cache layout (models/DATASET/THREAT/NAME.pt) under the da
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,16 +110,20 @@ def resolve_robustbench(index: int, entry: NetworkSpec) -> NetworkSpec:
     if entry.arch is not None:
         arch = entry.arch
     else:
-        if importlib.util.find_spec("robustbench") is None:
-            raise _entry_error(
-                index,
-                entry,
-                "resolving a RobustBench id to its architecture needs the robustbench package, "
-                f"which is not installed: `{ROBUSTBENCH_INSTALL}`, or give arch in the entry",
-            )
+        zoo_module = _import_robustbench(
+            index,
+            entry,
+            "robustbench.model_zoo",
+            "resolving a RobustBench id to its architecture",
+            "or give arch in the entry",
+        )
+        enums = _import_robustbench(
+            index, entry, "robustbench.model_zoo.enums", "resolving a RobustBench id", ""
+        )
         import torch
-        from robustbench.model_zoo import model_dicts
-        from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+        model_dicts = zoo_module.model_dicts
+        BenchmarkDataset, ThreatModel = enums.BenchmarkDataset, enums.ThreatModel
 
         zoo = model_dicts[BenchmarkDataset(entry.dataset)][ThreatModel(entry.threat_model)]
         if entry.robustbench not in zoo:
@@ -152,20 +156,37 @@ def resolve_robustbench(index: int, entry: NetworkSpec) -> NetworkSpec:
     )
 
 
+def _import_robustbench(
+    index: int, entry: NetworkSpec, module: str, what: str, or_else: str
+) -> Any:
+    """A module of the optional robustbench package, or one entry error that says whether the
+    package is missing or installed but failing to import (robustbench 1.1.1 imports
+    pkg_resources, which setuptools 80 and newer no longer ship), and how to install it."""
+    fix = f"`{ROBUSTBENCH_INSTALL}`" + (f", {or_else}" if or_else else "")
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name == "robustbench":
+            problem = "needs the robustbench package, which is not installed"
+        else:
+            problem = (
+                "needs the robustbench package, which is installed but does not import "
+                f"({type(exc).__name__}: {exc})"
+            )
+        raise _entry_error(index, entry, f"{what} {problem}: {fix}") from None
+
+
 def download_robustbench(index: int, entry: NetworkSpec, load: LoadRequest) -> None:
     """Fetch a RobustBench network into its cache layout with the package's own loader (which
     knows where each model is hosted); the package is needed for that."""
-    if importlib.util.find_spec("robustbench") is None:
-        raise _entry_error(
-            index,
-            entry,
-            "downloading a RobustBench model needs the robustbench package, which is not "
-            f"installed: `{ROBUSTBENCH_INSTALL}`, or fetch the file to "
-            f"{robustbench_path(entry, load)} yourself",
-        )
-    from robustbench.utils import load_model
-
-    load_model(
+    utils = _import_robustbench(
+        index,
+        entry,
+        "robustbench.utils",
+        "downloading a RobustBench model",
+        f"or fetch the file to {robustbench_path(entry, load)} yourself",
+    )
+    utils.load_model(
         entry.robustbench,
         model_dir=str(checkpoint_cache(load) / "models"),
         dataset=entry.dataset,

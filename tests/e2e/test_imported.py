@@ -23,7 +23,12 @@ from safetensors.torch import load_file, save_file
 
 from analysis.tables import load_table, tradeoff_table
 from tests.conftest import ROOT, run_study
-from tests.published import robustbench_file, robustness_file, safetensors_file
+from tests.published import (
+    robustbench_file,
+    robustness_file,
+    safetensors_file,
+    without_robustbench,
+)
 from trainables.catalog import get_dataset_info
 from trainables.config import ArchRef
 from trainables.models import Classifier, ModelInput, build_model
@@ -227,10 +232,12 @@ def bad_entries(folder: Path) -> list[tuple[str, dict[str, Any], str]]:
 
 
 def test_every_bad_entry_is_one_line_and_exit_2_with_nothing_written(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The CLI's main in this process: what `study validate` runs, without a torch import each.
     from study.cli import main
+
+    without_robustbench(monkeypatch)
 
     cases = bad_entries(tmp_path)
     for what, bad, message in cases:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import pickle
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,8 +12,15 @@ from typing import Any
 import pytest
 import yaml
 
-from study.networks import checkpoint_cache, resolve_networks, resolve_robustbench, robustbench_path
+from study.networks import (
+    checkpoint_cache,
+    download_robustbench,
+    resolve_networks,
+    resolve_robustbench,
+    robustbench_path,
+)
 from study.spec import CHECKPOINT_FORMATS, NetworkSpec, SpecError, SweepSpec, load_spec
+from tests.published import broken_robustbench, without_robustbench
 from trainables.checkpoint_import import FORMATS, CheckpointImportError
 from trainables.config import ArchRef, DatasetRef, ImportedConfig, LoadRequest, TrainConfig
 from trainables.imported import cached_path, fetch_checkpoint
@@ -130,12 +137,33 @@ def test_an_imported_key_follows_the_file_and_labels_not_the_name() -> None:
     assert back == cfg and back.key == cfg.key
 
 
-def test_a_robustbench_id_without_the_package_says_how_to_install_it(tmp_path: Path) -> None:
-    if importlib.util.find_spec("robustbench") is not None:
-        pytest.skip("robustbench is installed here")
-    entry = NetworkSpec(robustbench="Carmon2019Unlabeled", dataset="cifar10", threat_model="Linf")
-    with pytest.raises(SpecError, match=r"pip install --no-deps robustbench==1\.1\.1"):
-        resolve_robustbench(0, entry)
+RB_ENTRY = NetworkSpec(robustbench="Carmon2019Unlabeled", dataset="cifar10", threat_model="Linf")
+
+
+def test_a_robustbench_id_without_the_package_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    without_robustbench(monkeypatch)
+    with pytest.raises(SpecError) as raised:
+        resolve_robustbench(0, RB_ENTRY)
+    message = str(raised.value)
+    assert "which is not installed" in message and "give arch in the entry" in message
+    assert re.search(r"pip install --no-deps robustbench==1\.1\.1 .*'setuptools<80'", message)
+    with pytest.raises(SpecError, match=r"downloading .* not installed: .*fetch the file to"):
+        download_robustbench(0, RB_ENTRY, LoadRequest())
+
+
+def test_a_robustbench_package_that_fails_to_import_is_named_with_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken_robustbench(monkeypatch, tmp_path)
+    with pytest.raises(SpecError) as raised:
+        resolve_robustbench(0, RB_ENTRY)
+    message = str(raised.value)
+    assert message.count("\n") == 0 and message.startswith("networks.0 (Carmon2019Unlabeled)")
+    assert "installed but does not import" in message
+    assert "No module named 'atsweep_absent_dependency'" in message
+    assert "pip install --no-deps robustbench==1.1.1" in message
 
 
 def test_a_robustbench_id_with_its_arch_resolves_radius_norm_and_cache_path(
