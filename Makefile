@@ -6,9 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint install clean bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# AutoAttack (part of the default robustness evaluations) from torchattacks, without its
+	# stale pin on requests, which would downgrade MLflow's (its real dependencies are here).
+	$(BIN)/python -m pip install --quiet --no-deps 'torchattacks>=3.5'
 	touch $(STAMP)
 
 install: $(STAMP)

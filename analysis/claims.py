@@ -9,12 +9,33 @@ with a 95% CI across seeds and a verdict: "holds", "fails" or "undetermined". Th
 
 - Always undetermined when some eps has fewer than 2 seeds, when there are fewer than 2 eps values
   (3 for C2), or when the CI straddles the decision boundary.
-- Trend claims C1, C4, C5 (falls with eps) and C6 (rises with eps). Statistic: delta = mean at
-  the largest eps minus mean at the smallest eps (normally 0), with the Welch t CI. Falls: holds
+- Trend claims C1 (falls with eps) and C6 (rises with eps). Statistic: delta = mean at the
+  largest eps minus mean at the smallest eps (normally 0), with the Welch t CI. Falls: holds
   iff ci_high < 0, fails iff ci_low >= 0. Rises: holds iff ci_low > 0, fails iff ci_high <= 0.
-  C1 uses trials.test_acc_clean; C4 fisher.input_trace per (layer, sigma); C5
-  fisher.weight_trace per weight_fisher ("true" or "empirical"); C6 inversion.psnr and
-  inversion.ssim per variant, the "plain" variant being the headline (PAPER.md section 5).
+  C1 uses trials.test_acc_clean; C6 inversion.psnr and inversion.ssim per variant, the "plain"
+  variant being the headline (PAPER.md section 5).
+- The Fisher claims C4 (fisher.input_trace per (layer, sigma)) and C5 (fisher.weight_trace per
+  weight_fisher, "true" or "empirical") on the log scale: Fisher traces span orders of magnitude
+  across eps, and their spread across seeds grows with their size, so a difference of raw values
+  is dominated by the largest and its CI by their spread. Statistic: ratio = geometric mean at
+  the largest eps / geometric mean at the smallest, with the Welch t CI of the difference of
+  the logs, exponentiated. Falls: holds iff ci_high < 1, fails iff ci_low >= 1. A curve with a
+  value <= 0 cannot be logged and is checked as a difference, with a note.
+- References. Every row names the reference that gives its number a meaning (columns reference
+  and versus_reference): C2 the raw-pixel and random-init probes of the target (the best eps is
+  compared with each by the t CI of its seeds' accuracies minus the reference: "above",
+  "below" or "within CI"; a gain over eps 0 that stays below raw pixels is a recovery toward
+  the pixels, not a representation that transfers better than its input, and the note says
+  so); C4 and C5 the random-init network's Fisher of the same arch (fisher rows of kind
+  random_init) as a multiple; C6 the no-information line: the better of the PSNR (SSIM) of
+  the starting image and of the dataset's mean image against the originals. A C6 curve of
+  which no eps beats its no-information line is undetermined whatever its trend: such
+  reconstructions measure the optimiser, not what the representation keeps.
+- Power. An undetermined trend, ratio or C2 gain row gives seeds_needed: the seeds per eps at
+  which the Welch CI at the row's level would exclude the boundary with 80% probability if the
+  true effect and spread were the observed ones (analysis/stats.py seeds_to_decide; a power
+  estimate from a small sample, not a promise: inf when beyond 1000 seeds, empty when it
+  cannot be estimated).
 - C2, per target (transfer rows of kind "probe"); needs eps 0 in the grid. gain(e) = mean(e) -
   mean(0) with its Welch CI, at a Bonferroni-adjusted level 1 - 0.05/k for the k eps > 0
   (the best eps is picked from the same data, so a plain 95% CI would flatter it). Statistic
@@ -42,7 +63,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -52,6 +73,9 @@ from analysis.stats import (
     collapse_seeds,
     complete_tables,
     fill_block_columns,
+    mean_ci,
+    seeds_to_decide,
+    split_fisher,
     welch_diff_ci,
 )
 
@@ -79,6 +103,9 @@ RESULT_COLUMNS = [
     "verdict",
     "headline",
     "note",
+    "reference",
+    "versus_reference",
+    "seeds_needed",
 ]
 ALPHA = 0.05
 BOOTSTRAP_DRAWS = 2000
@@ -102,40 +129,96 @@ def _base(curve: Curve) -> dict[str, object]:
     }
 
 
-def check_trend(curve: Curve, direction: int) -> dict[str, object]:
+def check_trend(curve: Curve, direction: int, log: bool = False) -> dict[str, object]:
     """Delta (largest eps minus smallest) with its Welch CI, and the verdict for a claim that
-    the value falls (direction -1) or rises (+1) with eps."""
-    row = _base(curve)
+    the value falls (direction -1) or rises (+1) with eps. With log, the ratio of geometric
+    means and its CI, from the difference of the logs (every value must be > 0; else the
+    difference of the values, with a note)."""
+    row: dict[str, object] = {**_base(curve), "seeds_needed": float("nan")}
     eps = sorted(curve)
     if len(eps) < 2:
         return {**row, "verdict": UNDETERMINED, "note": "needs at least 2 eps values"}
     lo, hi = eps[0], eps[-1]
-    d = welch_diff_ci(curve[hi], curve[lo])
-    means = [float(curve[e].mean()) for e in eps]
-    steps = np.diff(means) * direction
+    positive = all(bool(np.all(curve[e] > 0)) for e in eps)
+    logged = log and positive
+    scale = {e: np.log(curve[e]) for e in eps} if logged else curve
+    d = welch_diff_ci(scale[hi], scale[lo])
+    centres = [float(scale[e].mean()) for e in eps]
+    steps = np.diff(centres) * direction
     shape = "monotone" if bool(np.all(steps >= 0)) else "not monotone"
-    note = f"mean {means[0]:.4g} at eps={lo:g} -> {means[-1]:.4g} at eps={hi:g} ({shape})"
-    row.update(value=d["diff"], ci_low=d["ci_low"], ci_high=d["ci_high"], at_eps=hi)
+    if logged:
+        geo = [math.exp(c) for c in centres]
+        note = (
+            f"geometric mean {geo[0]:.4g} at eps={lo:g} -> {geo[-1]:.4g} at eps={hi:g} "
+            f"(x{math.exp(d['diff']):.3g}, {shape}; tested on the log scale)"
+        )
+        value, low, high = (math.exp(d[k]) for k in ("diff", "ci_low", "ci_high"))
+        boundary = 1.0
+    else:
+        note = f"mean {centres[0]:.4g} at eps={lo:g} -> {centres[-1]:.4g} at eps={hi:g} ({shape})"
+        if log:
+            note += "; a value <= 0 cannot be logged: tested as a difference"
+        value, low, high = d["diff"], d["ci_low"], d["ci_high"]
+        boundary = 0.0
+    row.update(value=value, ci_low=low, ci_high=high, at_eps=hi)
     if _fewest_seeds(curve) < 2:
         return {**row, "verdict": UNDETERMINED, "note": f"{note}; fewer than 2 seeds at some eps"}
-    low, high = d["ci_low"], d["ci_high"]
     if direction < 0:
-        verdict = HOLDS if high < 0 else FAILS if low >= 0 else UNDETERMINED
+        verdict = HOLDS if high < boundary else FAILS if low >= boundary else UNDETERMINED
     else:
-        verdict = HOLDS if low > 0 else FAILS if high <= 0 else UNDETERMINED
+        verdict = HOLDS if low > boundary else FAILS if high <= boundary else UNDETERMINED
     if verdict == UNDETERMINED:
-        note += "; the CI straddles 0"
+        note += f"; the CI straddles {boundary:g}"
+        row["seeds_needed"] = seeds_to_decide(scale[hi], scale[lo])
     return {**row, "verdict": verdict, "note": note}
 
 
-def check_inverted_u(curve: Curve, baselines: str = "") -> list[dict[str, object]]:
-    """C2 on one transfer curve: the "best_gain" row (the verdict) and "fall_after_peak"."""
-    gain_row: dict[str, object] = {**_base(curve), "statistic": "best_gain", "headline": True}
+def versus(values: np.ndarray, reference: float) -> str:
+    """Whether values (one per seed) lie above or below a reference: by the 95% t CI of their
+    mean minus it ("within CI" when it holds the reference); by the mean alone for one seed."""
+    ci = mean_ci(values - reference)
+    if len(values) < 2:
+        return ("above" if ci["mean"] > 0 else "below") + " (1 seed)"
+    return "above" if ci["ci_low"] > 0 else "below" if ci["ci_high"] < 0 else "within CI"
+
+
+def _compare_best(values: np.ndarray, references: Mapping[str, float]) -> tuple[str, str, str]:
+    """(reference, versus_reference, note) of C2's best eps against the transfer baselines."""
+    known = {name: ref for name, ref in references.items() if not math.isnan(ref)}
+    if not known:
+        return "", "", ""
+    found = {name: versus(values, ref) for name, ref in known.items()}
+    reference = "; ".join(f"{name} {ref:.4g}" for name, ref in known.items())
+    versus_text = "; ".join(f"{found[name]} {name}" for name in known)
+    note = ""
+    if found.get("raw pixels", "").startswith("below"):
+        note = (
+            f"; the best eps stays below raw pixels ({known['raw pixels']:.4g}): the "
+            "representation loses to the input itself on this target, so a gain over eps 0 "
+            "is a recovery toward the pixels, not a representation that transfers better"
+        )
+    return reference, versus_text, note
+
+
+def check_inverted_u(
+    curve: Curve, references: Mapping[str, float] | None = None
+) -> list[dict[str, object]]:
+    """C2 on one transfer curve: the "best_gain" row (the verdict) and "fall_after_peak".
+    references: the baselines' accuracies on the target ("raw pixels", "random init"), which the
+    best eps is compared with."""
+    references = dict(references or {})
+    gain_row: dict[str, object] = {
+        **_base(curve),
+        "statistic": "best_gain",
+        "headline": True,
+        "seeds_needed": float("nan"),
+    }
     fall_row: dict[str, object] = {
         **_base(curve),
         "statistic": "fall_after_peak",
         "headline": False,
         "verdict": UNDETERMINED,
+        "seeds_needed": float("nan"),
     }
     eps = sorted(curve)
     positive = [e for e in eps if e > 0]
@@ -168,7 +251,10 @@ def check_inverted_u(curve: Curve, baselines: str = "") -> list[dict[str, object
         shape = f"peak at the largest eps={best:g}: the fall after it is not observed"
         falls = True
         fall_row["note"] = f"{shape}: extend the eps grid"
-    note = f"{shape}; mean at eps=0 {means[0.0]:.4g}{baselines}; {adjusted}"
+    reference, versus_text, reference_note = _compare_best(curve[best], references)
+    gain_row.update(reference=reference, versus_reference=versus_text)
+    note = f"{shape}; mean at eps=0 {means[0.0]:.4g}, at eps={best:g} {means[best]:.4g}"
+    note += f"{reference_note}; {adjusted}"
     if len(eps) < 3 or _fewest_seeds(curve) < 2:
         reason = "needs at least 3 eps values" if len(eps) < 3 else "fewer than 2 seeds at some eps"
         fall_row.update(verdict=UNDETERMINED, note=f"{fall_row['note']}; {reason}")
@@ -182,8 +268,11 @@ def check_inverted_u(curve: Curve, baselines: str = "") -> list[dict[str, object
         verdict = UNDETERMINED
         if g["ci_low"] > 0:
             note += "; the gain is significant but the fall after the peak is not"
+            if interior:
+                fall_row["seeds_needed"] = seeds_to_decide(curve[best], curve[last], level)
         else:
             note += "; the gain's CI straddles 0"
+            gain_row["seeds_needed"] = seeds_to_decide(curve[best], curve[0.0], level)
     return [{**gain_row, "verdict": verdict, "note": note}, fall_row]
 
 
@@ -354,6 +443,11 @@ def _label(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# A trend row's reference: (block, setting values, curve) -> the reference, versus_reference
+# and note columns, and a verdict that overrides the trend's (or None).
+Reference = Callable[[Mapping[str, object], Mapping[str, str], Curve], dict[str, object]]
+
+
 def _trend_rows(
     claim: str,
     df: pd.DataFrame,
@@ -361,6 +455,8 @@ def _trend_rows(
     direction: int,
     setting_columns: list[str],
     headline: str | None = None,
+    log: bool = False,
+    reference: Reference | None = None,
 ) -> list[dict[str, object]]:
     if df.empty:
         return []
@@ -370,24 +466,110 @@ def _trend_rows(
     rows = []
     for key, curve in collapse_seeds(df, [*BLOCK, *setting_columns], value).items():
         block = dict(zip(BLOCK, key[: len(BLOCK)], strict=True))
-        parts = dict(zip(setting_columns, key[len(BLOCK) :], strict=True))
+        parts = {c: str(v) for c, v in zip(setting_columns, key[len(BLOCK) :], strict=True)}
         setting = ", ".join(f"{name}={v}" for name, v in parts.items() if v != "")
         is_headline = headline is None or parts.get("variant") == headline
-        rows.append(
-            {
-                "claim": claim,
-                **block,
-                "target": "",
-                "setting": setting,
-                "statistic": f"delta_{value}",
-                "headline": is_headline,
-                **check_trend(curve, direction),
-            }
-        )
+        row = {
+            "claim": claim,
+            **block,
+            "target": "",
+            "setting": setting,
+            "statistic": f"ratio_{value}" if log else f"delta_{value}",
+            "headline": is_headline,
+            **check_trend(curve, direction, log),
+        }
+        if log and "cannot be logged" in str(row["note"]):
+            row["statistic"] = f"delta_{value}"
+        if reference is not None:
+            found = reference(block, parts, curve)
+            row["reference"] = found.get("reference", "")
+            row["versus_reference"] = found.get("versus_reference", "")
+            row["note"] = f"{row['note']}{found.get('note', '')}"
+            if found.get("verdict") is not None:
+                row["verdict"] = found["verdict"]
+                row["seeds_needed"] = float("nan")
+        rows.append(row)
     return rows
 
 
-def _baseline_note(transfer: pd.DataFrame, block: Mapping[str, object], target: str) -> str:
+def _matching(
+    df: pd.DataFrame, block: Mapping[str, object], parts: Mapping[str, str]
+) -> pd.DataFrame:
+    """The rows of df in a block (by source and arch) with the given setting values."""
+    keep = (df["source"].astype(str) == str(block["source"])) & (
+        df["arch"].astype(str) == str(block["arch"])
+    )
+    for column, label in parts.items():
+        keep &= df[column].map(_label) == label
+    return df[keep]
+
+
+def fisher_reference(random_init: pd.DataFrame, value: str) -> Reference:
+    """C4/C5's reference: the Fisher of the untrained network of the block's source and arch
+    (mean over its seeds), with the smallest and largest eps as multiples of it."""
+
+    def reference(
+        block: Mapping[str, object], parts: Mapping[str, str], curve: Curve
+    ) -> dict[str, object]:
+        rows = _matching(random_init, block, parts) if not random_init.empty else random_init
+        base = float(rows[value].astype(float).mean()) if not rows.empty else math.nan
+        if math.isnan(base) or base <= 0:
+            return {}
+        eps = sorted(curve)
+        lo, hi = float(curve[eps[0]].mean()), float(curve[eps[-1]].mean())
+        return {
+            "reference": f"random init {base:.4g}",
+            "versus_reference": f"x{lo / base:.3g} at eps={eps[0]:g}, x{hi / base:.3g} at "
+            f"eps={eps[-1]:g}",
+        }
+
+    return reference
+
+
+def inversion_reference(inversion: pd.DataFrame, value: str) -> Reference:
+    """C6's reference: the no-information line, the better of the starting image's and the mean
+    image's PSNR (SSIM) against the originals; a curve that never beats it is undetermined."""
+
+    def reference(
+        block: Mapping[str, object], parts: Mapping[str, str], curve: Curve
+    ) -> dict[str, object]:
+        rows = _matching(inversion, block, parts)
+        lines = {
+            name: float(rows[column].astype(float).mean())
+            for name, column in (("mean image", f"mean_image_{value}"), ("start", f"start_{value}"))
+        }
+        lines = {name: v for name, v in lines.items() if not math.isnan(v)}
+        if not lines:
+            return {}
+        name = max(lines, key=lambda n: lines[n])
+        line = lines[name]
+        above = [e for e in sorted(curve) if float(curve[e].mean()) > line]
+        last = max(curve)
+        found: dict[str, object] = {
+            "reference": "; ".join(f"{n} {v:.4g}" for n, v in lines.items()),
+            "versus_reference": f"{versus(curve[last], line)} the {name} at eps={last:g}",
+        }
+        if above:
+            where = ", ".join(f"{e:g}" for e in above)
+            found["note"] = f"; beats the no-information line ({name} {line:.4g}) at eps={where}"
+        else:
+            found["note"] = (
+                f"; no eps beats the no-information line ({name} {line:.4g}) on average: these "
+                "reconstructions do not show that the representation keeps more of the image "
+                "than the dataset's mean, so their trend measures the optimiser, not the "
+                "representation"
+            )
+            found["verdict"] = UNDETERMINED
+        return found
+
+    return reference
+
+
+def _transfer_references(
+    transfer: pd.DataFrame, block: Mapping[str, object], target: str
+) -> dict[str, float]:
+    """The raw-pixel and random-init (the block's source and arch) probe accuracies on a target:
+    means over their rows, NaN where the study has none."""
     raw = transfer[(transfer["kind"] == "raw_pixels") & (transfer["target"] == target)]
     rand = transfer[
         (transfer["kind"] == "random_init")
@@ -395,12 +577,10 @@ def _baseline_note(transfer: pd.DataFrame, block: Mapping[str, object], target: 
         & (transfer["source"] == block["source"])
         & (transfer["arch"] == block["arch"])
     ]
-    out = ""
-    if raw["test_acc"].notna().any():
-        out += f"; raw pixels {raw['test_acc'].mean():.4g}"
-    if rand["test_acc"].notna().any():
-        out += f"; random init {rand['test_acc'].mean():.4g}"
-    return out
+    return {
+        "raw pixels": float(raw["test_acc"].astype(float).mean()),
+        "random init": float(rand["test_acc"].astype(float).mean()),
+    }
 
 
 def check_claims(
@@ -424,21 +604,26 @@ def check_claims(
             block = dict(zip(BLOCK, key[: len(BLOCK)], strict=True))
             target = str(key[-1])
             by_block.setdefault(key[: len(BLOCK)], {})[target] = curve
-            for r in check_inverted_u(curve, _baseline_note(transfer, block, target)):
+            for r in check_inverted_u(curve, _transfer_references(transfer, block, target)):
                 rows.append({"claim": "C2", **block, "target": target, "setting": "", **r})
         for key, block_curves in by_block.items():
             block = dict(zip(BLOCK, key, strict=True))
             r = check_distance_gain(block_curves, raw.dropna().to_dict(), target_distance)
             rows.append({"claim": "C3", **block, "target": "", "setting": "", **r})
 
-    fisher = t["fisher"]
-    rows += _trend_rows("C4", fisher, "input_trace", -1, ["layer", "sigma"])
-    rows += _trend_rows("C5", fisher, "weight_trace", -1, ["weight_fisher"])
+    fisher, random_init = split_fisher(t["fisher"])
+    for claim, value, settings in (
+        ("C4", "input_trace", ["layer", "sigma"]),
+        ("C5", "weight_trace", ["weight_fisher"]),
+    ):
+        reference = fisher_reference(random_init, value)
+        rows += _trend_rows(claim, fisher, value, -1, settings, log=True, reference=reference)
     inversion = t["inversion"]
     variants = sorted(inversion["variant"].dropna().astype(str).unique())
     headline = "plain" if "plain" in variants else (variants[0] if variants else None)
     for value in ("psnr", "ssim"):
-        rows += _trend_rows("C6", inversion, value, +1, ["variant"], headline)
+        reference = inversion_reference(inversion, value)
+        rows += _trend_rows("C6", inversion, value, +1, ["variant"], headline, reference=reference)
     out = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     if out.empty:
         return out
@@ -457,13 +642,25 @@ def _number(value: object) -> str:
     return f"{float(value):.4g}"
 
 
+def _text(value: object) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def _seeds(value: object) -> str:
+    """seeds_needed as text: empty when not estimated, "> 1000" beyond the search."""
+    if not isinstance(value, (int, float, np.number)) or math.isnan(float(value)):
+        return ""
+    return "> 1000" if math.isinf(float(value)) else str(int(value))
+
+
 def format_claims(claims: pd.DataFrame) -> str:
     """The claim checks as markdown: per claim, a verdict count over headline rows and a table."""
     if claims.empty:
         return "(no claim can be checked: the study has no finished trials yet)"
     out = []
     headers = ["source", "arch", "norm", "attack", "target / setting", "statistic", "value"]
-    headers += ["95% CI", "at eps", "seeds", "eps", "verdict", "note"]
+    headers += ["95% CI", "at eps", "seeds", "eps", "verdict", "reference", "vs reference"]
+    headers += ["seeds needed", "note"]
     for claim, rows in claims.groupby("claim", sort=True):
         heads = rows[rows["headline"].astype(bool)]
         counts = heads["verdict"].value_counts()
@@ -479,7 +676,8 @@ def format_claims(claims: pd.DataFrame) -> str:
             verdict = f"**{r['verdict']}**" if r["headline"] else str(r["verdict"])
             cells = [str(r[c]) for c in BLOCK] + [where, str(r["statistic"]), _number(r["value"])]
             cells += [ci, _number(r["at_eps"]), str(r["n_seeds"]), str(r["n_eps"]), verdict]
-            cells.append(str(r["note"]))
+            cells += [_text(r["reference"]), _text(r["versus_reference"])]
+            cells += [_seeds(r["seeds_needed"]), str(r["note"])]
             out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"

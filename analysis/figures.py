@@ -28,7 +28,13 @@ from matplotlib.lines import Line2D
 from matplotlib.transforms import Bbox
 
 from analysis.pareto import pareto_front
-from analysis.stats import aggregate_seeds, complete_tables, fill_block_columns, join_trials
+from analysis.stats import (
+    aggregate_seeds,
+    complete_tables,
+    fill_block_columns,
+    join_trials,
+    split_fisher,
+)
 
 if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType
@@ -379,29 +385,32 @@ def plot_tradeoff(tables: Mapping[str, pd.DataFrame], out_dir: str | Path) -> li
 
 # ----- (d) Fisher --------------------------------------------------------------------------------
 def plot_fisher(tables: Mapping[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
-    """Input and weight Fisher traces against eps on a log scale (claims C4, C5; PAPER.md 4)."""
-    fisher = complete_tables(tables)["fisher"]
+    """Input and weight Fisher traces against eps on a log scale (claims C4, C5; PAPER.md 4),
+    with the untrained network's of the same arch as dotted lines (where the scale starts)."""
+    fisher, reference = split_fisher(complete_tables(tables)["fisher"])
     if fisher.empty or fisher[["input_trace", "weight_trace"]].notna().to_numpy().sum() == 0:
         return []
     fisher = fill_block_columns(fisher)
     blocks = list(_blocks(fisher))
+    series = [("input_trace", "input Fisher tr F(x)"), ("weight_trace", "weight Fisher tr F(w)")]
     with mpl.rc_context(STYLE):
         fig, axes = _panels([k for k, _ in blocks])
+        drew_reference = False
         for (key, sub), (ax,) in zip(blocks, axes, strict=True):
-            _plot_series(
-                ax,
-                sub,
-                [
-                    ("input_trace", "input Fisher tr F(x)"),
-                    ("weight_trace", "weight Fisher tr F(w)"),
-                ],
-            )
+            _plot_series(ax, sub, series)
+            base = reference[(reference["source"] == key[0]) & (reference["arch"] == key[1])]
+            for m, (column, _) in enumerate(series):
+                value = base[column].astype(float).mean() if not base.empty else float("nan")
+                if not pd.isna(value) and value > 0:
+                    ax.axhline(value, color=f"C{m}", linestyle=":", linewidth=1.2)
+                    drew_reference = True
             # A CI reaching below 0 is drawn down to the bottom of the axis.
             ax.set_yscale("log", nonpositive="clip")
             _set_eps_axis(ax, sub["eps"].dropna().tolist(), key[2])
             ax.set_ylabel("Fisher trace (mean over samples, log scale)")
             ax.set_title(_title(key, sub))
-        _legend(fig, [a for (a,) in axes])
+        proxies = [Line2D([], [], color="0.3", linestyle=":", label="random-init network")]
+        _legend(fig, [a for (a,) in axes], proxies if drew_reference else [])
         fig.suptitle(f"Fisher information vs training ε\n{CI_NOTE}")
         return _save(fig, out_dir, "fisher")
 
@@ -418,6 +427,7 @@ def plot_inversion(tables: Mapping[str, pd.DataFrame], out_dir: str | Path) -> l
     blocks = list(_blocks(inversion))
     with mpl.rc_context(STYLE):
         fig, axes = _panels([k for k, _ in blocks], rows_per_block=2, height=2.5)
+        drew_reference = False
         for (key, sub), (top, bottom) in zip(blocks, axes, strict=True):
             attacks = sorted(sub["attack"].unique())
             for a, attack in enumerate(attacks):
@@ -429,13 +439,19 @@ def plot_inversion(tables: Mapping[str, pd.DataFrame], out_dir: str | Path) -> l
                         if not stats.empty:
                             label = f"{variant or 'inversion'}{suffix}"
                             _errorbar(ax, stats, v, label, a * len(variants) + v)
+            for ax, column in ((top, "mean_image_psnr"), (bottom, "mean_image_ssim")):
+                line = sub[column].astype(float).mean()
+                if not pd.isna(line):
+                    ax.axhline(line, color="0.3", linestyle="--", linewidth=1)
+                    drew_reference = True
             eps = sub["eps"].dropna().tolist()
             _set_eps_axis(top, eps, key[2], label=False)
             _set_eps_axis(bottom, eps, key[2])
             top.set_ylabel("PSNR (dB)")
             bottom.set_ylabel("SSIM (unitless)")
             top.set_title(_title(key, sub))
-        _legend(fig, [ax for pair in axes for ax in pair])
+        proxies = [Line2D([], [], color="0.3", linestyle="--", label="mean image (no information)")]
+        _legend(fig, [ax for pair in axes for ax in pair], proxies if drew_reference else [])
         fig.suptitle(f"Inversion quality vs training ε\n{CI_NOTE}")
         return _save(fig, out_dir, "inversion")
 

@@ -33,7 +33,8 @@ STUDY_INFO = "study.json"
 REPORT_PACKAGES = ("pandas", "pyarrow", "numpy", "scipy", "matplotlib")
 CLAIM_COLUMNS = [
     *("claim", "source", "arch", "norm", "attack", "target", "setting", "statistic", "value"),
-    *("ci_low", "ci_high", "at_eps", "n_seeds", "n_eps", "verdict", "note"),
+    *("ci_low", "ci_high", "at_eps", "n_seeds", "n_eps", "verdict", "reference"),
+    *("versus_reference", "seeds_needed", "note"),
 ]
 
 

@@ -31,6 +31,7 @@ from analysis.tables import TABLES, drop_superseded, fill_source_accuracy, load_
 from analysis.tables import VERSION_KEY as VERSION_KEY
 from analysis.tables import SchemaVersionError as SchemaVersionError
 from analysis.tables import check_schema_versions as check_schema_versions
+from analysis.tables import split_fisher as split_fisher
 
 # The grid columns that place a row: a block is (source, arch, norm, attack), a curve runs over eps.
 BLOCK = ["source", "arch", "norm", "attack"]
@@ -48,6 +49,7 @@ COLUMNS_READ: dict[str, list[str]] = {
     "fisher": [
         "eval_key",
         "trial_key",
+        "kind",
         *GRID,
         "layer",
         "sigma",
@@ -57,7 +59,11 @@ COLUMNS_READ: dict[str, list[str]] = {
     ],
     "robustness": ["eval_key", "trial_key", *GRID, "eval_eps", "eval_attack", "robust_acc"],
     "source": ["eval_key", "trial_key", *GRID, "test_acc_clean", "test_acc_pgd"],
-    "inversion": ["eval_key", "trial_key", *GRID, "variant", "psnr", "ssim", "grid_path"],
+    "inversion": [
+        *("eval_key", "trial_key", *GRID, "variant", "psnr", "ssim", "grid_path"),
+        *("relative_error", "start_psnr", "start_ssim", "mean_image_psnr", "mean_image_ssim"),
+        *("final_improvement", "converged"),
+    ],
 }
 
 
@@ -249,3 +255,52 @@ def fill_block_columns(df: pd.DataFrame) -> pd.DataFrame:
 def complete_tables(tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """The tables with every column analysis reads (missing tables as empty ones)."""
     return {name: ensure_columns(tables.get(name, pd.DataFrame()), name) for name in COLUMNS_READ}
+
+
+# ----- power --------------------------------------------------------------------------------------
+# The power at which seeds_to_decide counts, and the most seeds it looks at.
+POWER = 0.8
+MAX_SEEDS = 1000
+
+
+def welch_power(diff: float, sd_a: float, sd_b: float, n: int, level: float) -> float:
+    """The chance that a Welch CI at `level`, with n values on each side, excludes 0 when the true
+    difference of means is diff and the sides' standard deviations are sd_a and sd_b (the
+    noncentral t, scipy.stats.nct, with Welch-Satterthwaite degrees of freedom)."""
+    from scipy import stats
+
+    va, vb = sd_a**2 / n, sd_b**2 / n
+    df = (va + vb) ** 2 / ((va**2 + vb**2) / (n - 1))
+    delta = diff / math.sqrt(va + vb)
+    crit = float(stats.t.ppf(1.0 - (1.0 - level) / 2, df))
+    return float(stats.nct.sf(crit, df, delta) + stats.nct.cdf(-crit, df, delta))
+
+
+def seeds_to_decide(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    level: float = 0.95,
+    power: float = POWER,
+) -> float:
+    """A power estimate: the fewest seeds per side at which the Welch CI of mean(a) - mean(b) at
+    `level` excludes 0 with probability `power`, if the true difference and spreads are the
+    observed ones. NaN when it cannot be estimated (fewer than 2 values on a side, no observed
+    difference, or no spread), inf beyond MAX_SEEDS."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    x, y = x[~np.isnan(x)], y[~np.isnan(y)]
+    if len(x) < 2 or len(y) < 2:
+        return float("nan")
+    diff = float(x.mean() - y.mean())
+    sd_a, sd_b = float(x.std(ddof=1)), float(y.std(ddof=1))
+    if diff == 0.0 or sd_a + sd_b == 0.0 or not math.isfinite(diff):
+        return float("nan")
+    if welch_power(diff, sd_a, sd_b, MAX_SEEDS, level) < power:
+        return math.inf
+    low, high = 2, MAX_SEEDS  # the power grows with n: bisect for the first n that reaches it
+    while low < high:
+        mid = (low + high) // 2
+        if welch_power(diff, sd_a, sd_b, mid, level) >= power:
+            high = mid
+        else:
+            low = mid + 1
+    return float(low)

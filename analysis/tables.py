@@ -54,7 +54,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 
 # The schema version of study/sinks/parquet.py this analysis was written against; the contract
 # test tests/unit/analysis/test_analysis_contract.py keeps the two equal.
-KNOWN_SCHEMA_VERSION = 3
+KNOWN_SCHEMA_VERSION = 4
 VERSION_KEY = b"atsweep.schema_version"
 # study/sinks/parquet.py writes this key into the parquet key-value metadata of a compacted part:
 # a JSON list of the base names of the parts whose rows it holds (and which it then deletes).
@@ -325,6 +325,15 @@ def drop_superseded(tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFram
     }
 
 
+def split_fisher(fisher: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The fisher table's rows of trained networks, and those of the random-init references
+    (kind random_init; rows written before schema v4 have no kind and are trained ones)."""
+    if fisher.empty or "kind" not in fisher.columns:
+        return fisher, fisher.iloc[0:0]
+    reference = fisher["kind"].astype(object) == "random_init"
+    return fisher[~reference], fisher[reference]
+
+
 def fill_source_accuracy(trials: pd.DataFrame, source: pd.DataFrame) -> pd.DataFrame:
     """trials with the clean and PGD accuracy of each imported network, which its trials row
     leaves null (nothing trained it here), from its source-accuracy evaluation (the source
@@ -354,7 +363,9 @@ def tradeoff_table(results_dir: str | Path) -> pd.DataFrame:
     trials = fill_source_accuracy(loaded["trials"], loaded["source"])
     trials = _with_columns(trials, ["test_acc_clean", "test_acc_pgd"])
     transfer = _with_columns(loaded["transfer"], ["kind", "target", "test_acc"])
-    fisher = _with_columns(loaded["fisher"], ["input_trace", "weight_trace"])
+    fisher, fisher_reference = split_fisher(
+        _with_columns(loaded["fisher"], ["kind", "input_trace", "weight_trace"])
+    )
     if trials.empty:
         return pd.DataFrame()
     parts = [
@@ -374,9 +385,15 @@ def tradeoff_table(results_dir: str | Path) -> pd.DataFrame:
     if not fisher.empty:
         parts.append(_mean_std(fisher, GROUP, "input_trace", "input_fisher"))
         parts.append(_mean_std(fisher, GROUP, "weight_trace", "weight_fisher"))
-    inversion = _with_columns(loaded["inversion"], ["variant", "psnr"])
+    inversion = _with_columns(
+        loaded["inversion"], ["variant", "psnr", "mean_image_psnr", "relative_error"]
+    )
     for variant, sub in inversion.groupby("variant") if not inversion.empty else []:
         parts.append(_mean_std(sub, GROUP, "psnr", f"psnr[{variant}]"))
+        parts.append(_mean_std(sub, GROUP, "relative_error", f"feature_error[{variant}]"))
+    if inversion["mean_image_psnr"].notna().any():
+        # The no-information line: the dataset's mean image against the same originals.
+        parts.append(_mean_std(inversion, GROUP, "mean_image_psnr", "psnr[mean image]"))
     finetune = transfer[transfer["kind"] == "finetune"]
     for target in targets:
         sub = finetune[finetune["target"] == target]
@@ -390,9 +407,13 @@ def tradeoff_table(results_dir: str | Path) -> pd.DataFrame:
     for (source, arch, norm), _ in table.groupby(["source", "arch", "norm"], dropna=False):
         for kind, label in (("random_init", "random init"), ("raw_pixels", "raw pixels")):
             base = transfer[transfer["kind"] == kind]
+            reference = fisher_reference.iloc[0:0]
             if kind == "random_init":
                 base = base[(base["source"] == source) & (base["arch"] == arch)]
-            if base.empty:
+                reference = fisher_reference[
+                    (fisher_reference["source"] == source) & (fisher_reference["arch"] == arch)
+                ]
+            if base.empty and reference.empty:
                 continue
             row: dict[str, object] = {
                 "row_kind": label,
@@ -402,10 +423,21 @@ def tradeoff_table(results_dir: str | Path) -> pd.DataFrame:
                 "attack": "",
                 "eps": float("nan"),
             }
+            seeds = 0
             for target, sub in base.groupby("target"):
                 row[f"transfer[{target}]_mean"] = sub["test_acc"].mean()
                 row[f"transfer[{target}]_std"] = sub["test_acc"].std(ddof=1)
-                row["seeds"] = len(sub)
+                seeds = len(sub)
+            for column, name in (
+                ("input_trace", "input_fisher"),
+                ("weight_trace", "weight_fisher"),
+            ):
+                values = reference[column].astype(float).dropna()
+                if not values.empty:
+                    row[f"{name}_mean"] = values.mean()
+                    row[f"{name}_std"] = values.std(ddof=1)
+                    seeds = max(seeds, len(values))
+            row["seeds"] = seeds
             rows.append(pd.DataFrame([row]))
     out = pd.concat(rows, ignore_index=True)
     order = {"trained": 0, "random init": 1, "raw pixels": 2}

@@ -105,7 +105,7 @@ def _print_counts(title: str, planned: Sequence[object]) -> None:
     print(f"{title} {'none' if not counts else ''}".rstrip())
     for kind, n in counts.items():
         entry = EVALUATIONS[kind]
-        print(f"  {kind:<15} {n:>3}  {entry.section:<33} {entry.description}")
+        print(f"  {kind:<18} {n:>3}  {entry.section:<33} {entry.description}")
 
 
 def check_cluster(spec: SweepSpec, cluster: str | None) -> None:

@@ -173,20 +173,26 @@ register_table(
 register_table(
     EvalTable(
         "fisher",
-        _tail(
-            pa.field("n_samples", pa.int64()),
-            pa.field("sigma", pa.float64()),
-            pa.field("layer", pa.string()),
-            pa.field("input_method", pa.string()),
-            pa.field("probes", pa.int64()),
-            pa.field("input_trace", pa.float64()),
-            pa.field("input_trace_stderr", pa.float64()),
-            pa.field("input_eig", pa.float64()),
-            pa.field("input_eig_stderr", pa.float64()),
-            pa.field("weight_fisher", pa.string()),
-            pa.field("weight_trace", pa.float64()),
-            pa.field("weight_trace_stderr", pa.float64()),
-            pa.field("weight_trace_per_layer", pa.map_(pa.string(), pa.float64())),
+        (
+            *_grid[:2],
+            # "trained", or "random_init": the untrained network of an (arch, seed), the scale's
+            # reference (schema v4; older rows are trained ones).
+            pa.field("kind", pa.string()),
+            *_tail(
+                pa.field("n_samples", pa.int64()),
+                pa.field("sigma", pa.float64()),
+                pa.field("layer", pa.string()),
+                pa.field("input_method", pa.string()),
+                pa.field("probes", pa.int64()),
+                pa.field("input_trace", pa.float64()),
+                pa.field("input_trace_stderr", pa.float64()),
+                pa.field("input_eig", pa.float64()),
+                pa.field("input_eig_stderr", pa.float64()),
+                pa.field("weight_fisher", pa.string()),
+                pa.field("weight_trace", pa.float64()),
+                pa.field("weight_trace_stderr", pa.float64()),
+                pa.field("weight_trace_per_layer", pa.map_(pa.string(), pa.float64())),
+            )[2:],
         ),
     )
 )
@@ -228,12 +234,33 @@ register_table(
             pa.field("ssim", pa.float64()),
             pa.field("relative_error", pa.float64()),
             pa.field("grid_path", pa.string()),
+            # Schema v4: how the reconstruction was optimised, and the references beside it.
+            pa.field("optimizer", pa.string()),
+            pa.field("schedule", pa.string()),
+            pa.field("start_psnr", pa.float64()),
+            pa.field("start_ssim", pa.float64()),
+            pa.field("mean_image_psnr", pa.float64()),
+            pa.field("mean_image_ssim", pa.float64()),
+            pa.field("start_relative_error", pa.float64()),
+            pa.field("final_improvement", pa.float64()),
+            pa.field("converged", pa.bool_()),
         ),
     )
 )
 
 
 # ----- shared helpers of the planners -------------------------------------------------------------
+def source_classes(source: DatasetRef) -> int:
+    """How many classes the networks of a source have (its class subset, or all)."""
+    from trainables.catalog import get_dataset_info
+
+    return (
+        len(source.classes)
+        if source.classes is not None
+        else get_dataset_info(source.name).num_classes
+    )
+
+
 def trial_identity(cfg: TrainConfig) -> dict[str, Any]:
     """The columns that place an evaluation row in the grid."""
     return {
@@ -420,9 +447,47 @@ def plan_fisher(ctx: PlanContext, cfg: TrainConfig, checkpoint: str) -> list[Pla
     fisher = ctx.spec.evaluations.fisher.to_config()
     key = fisher_key(cfg.key, fisher)
     planned = of_network(
-        ctx, cfg, checkpoint, kind="fisher", key=key, name="fisher", settings=fisher
+        ctx,
+        cfg,
+        checkpoint,
+        kind="fisher",
+        key=key,
+        name="fisher",
+        settings=fisher,
+        row={"kind": "trained"},
     )
     return [planned]
+
+
+def random_init_fisher_key(cfg: TrainConfig, fisher: FisherConfig) -> str:
+    """The eval_key of the Fisher reference of an untrained network: arch, source, seed, data."""
+    return compute_key("fisher_random_init", cfg.source, cfg.arch, cfg.seed, cfg.data, fisher)
+
+
+def plan_random_init_fisher(ctx: PlanContext) -> list[PlannedEval]:
+    """The Fisher of the untrained network of each (source, arch, seed) of the study (the
+    random-init transfer baseline's network): where the Fisher scale starts."""
+    spec = ctx.spec.evaluations.fisher
+    if not spec.enabled or not spec.random_init:
+        return []
+    fisher = spec.to_config()
+    out: dict[str, PlannedEval] = {}
+    for cfg in [*ctx.spec.baseline_configs(), *ctx.networks]:
+        key = random_init_fisher_key(cfg, fisher)
+        if key in out:
+            continue
+        task = EvalTask("fisher_random_init", key, cfg.data, fisher, train=cfg, load=ctx.load)
+        row = {
+            "eval_key": key,
+            "trial_key": None,
+            "kind": "random_init",
+            "source": cfg.source.id,
+            "arch": cfg.arch.id,
+            "seed": cfg.seed,
+        }
+        name = f"reference fisher random init {cfg.arch.id} seed={cfg.seed}"
+        out[key] = PlannedEval(task, "fisher", row, name)
+    return list(out.values())
 
 
 def fisher_metrics(row: Row, result: Row) -> dict[str, float]:
@@ -468,7 +533,7 @@ def plan_robustness(ctx: PlanContext, cfg: TrainConfig, checkpoint: str) -> list
             name=f"robustness {rob.id} eps={rob.eps:.4g}",
             settings=rob,
         )
-        for rob in spec.configs(cfg.source.name, cfg.norm)
+        for rob in spec.configs(cfg.source.name, cfg.norm, source_classes(cfg.source), cfg.seed)
     ]
 
 
@@ -546,11 +611,25 @@ def plan_inversion(ctx: PlanContext, cfg: TrainConfig, checkpoint: str) -> list[
 
 def inversion_metrics(row: Row, result: Row) -> dict[str, float]:
     name = f"inversion/{row['variant']}"
-    return {
+    out = {
         f"{name}/psnr": result["psnr"],
         f"{name}/ssim": result["ssim"],
         f"{name}/relative_error": result["relative_error"],
+        f"{name}/start_psnr": result["start_psnr"],
+        f"{name}/final_improvement": result["final_improvement"],
+        f"{name}/converged": float(result["converged"]),
     }
+    if result.get("mean_image_psnr") is not None:
+        out[f"{name}/mean_image_psnr"] = result["mean_image_psnr"]
+    return out
+
+
+def inversion_summary(result: Row) -> str:
+    text = f"PSNR {result['psnr']:.1f} dB  SSIM {result['ssim']:.3f}"
+    if result.get("mean_image_psnr") is not None:
+        text += f" (mean image {result['mean_image_psnr']:.1f} dB)"
+    text += f"  feature error {result['relative_error']:.3f}"
+    return text + ("" if result.get("converged", True) else " (not settled)")
 
 
 def inversion_artifacts(ctx: ArtifactContext, task: EvalTask, result: Row) -> list[Path]:
@@ -638,6 +717,19 @@ for _kind in (
         artifacts=fisher_artifacts,
     ),
     EvaluationKind(
+        "fisher_random_init",
+        section="evaluations.fisher.random_init",
+        table="fisher",
+        description="reference: the same Fisher of an untrained network of each arch and seed",
+        metrics=lambda row, result: {
+            "fisher/input_trace": result["input_trace"],
+            "fisher/weight_trace": result["weight_trace"],
+        },
+        summary=lambda r: f"input {r['input_trace']:.4g}  weight {r['weight_trace']:.4g}",
+        settings_param="fisher",
+        plan_study=plan_random_init_fisher,
+    ),
+    EvaluationKind(
         "robustness",
         section="evaluations.robustness",
         table="robustness",
@@ -665,7 +757,7 @@ for _kind in (
         table="inversion",
         description="inversion of the representation, plain and regularised (PSNR, SSIM)",
         metrics=inversion_metrics,
-        summary=lambda r: f"PSNR {r['psnr']:.1f} dB  SSIM {r['ssim']:.3f}",
+        summary=inversion_summary,
         settings_param="inversion",
         trial_prefix="inversion/",
         plan_network=plan_inversion,

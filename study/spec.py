@@ -382,9 +382,14 @@ class TransferSpec(StrictModel):
 
 
 class FisherSpec(StrictModel):
-    """Input and weight Fisher information (PAPER.md section 4)."""
+    """Input and weight Fisher information (PAPER.md section 4).
+
+    random_init: measure the same on the untrained network of each (source, arch, seed) too,
+    the reference where the scale starts (the trade-off table and the Fisher figure show it).
+    """
 
     enabled: bool = True
+    random_init: bool = True
     num_samples: int = Field(128, ge=2)
     sigma: float = Field(1.0, gt=0)
     input_method: str = "hutchinson"
@@ -428,26 +433,38 @@ class RobustnessSpec(StrictModel):
 
     eps: numbers, fractions ('8/255') or 'standard' (the radius the literature reports for the
     source dataset and norm: 8/255 or 0.5 on CIFAR, 4/255 or 3.0 on ImageNet).
+
+    autoattack: AutoAttack (torchattacks' standard version: APGD-CE, APGD-T, FAB-T, Square) at
+    each radius beside PGD, as RobustBench reports robust accuracy. "auto" (the default) runs it
+    when torchattacks is installed and the source has at least 4 classes (its targeted attacks
+    compare the top 4 logits); true requires both; false runs PGD only. autoattack_eps,
+    autoattack_samples and autoattack_seeds restrict it to some of the radii, to the first
+    images of the num_samples and to the networks of some seeds (default: every radius, image
+    and seed): its Square attack makes 5000 forward passes of every image it has not broken,
+    which on a CPU dominates a study of small networks.
     """
 
     enabled: bool = True
     eps: list[float | Literal["standard"]] = Field(["standard"], min_length=1)
     attack: AttackSpec = AttackSpec(steps=20)
-    autoattack: bool = False
+    autoattack: bool | Literal["auto"] = "auto"
+    autoattack_eps: list[float | Literal["standard"]] | None = Field(None, min_length=1)
+    autoattack_samples: int | None = Field(None, ge=1)
+    autoattack_seeds: list[int] | None = Field(None, min_length=1)
     num_samples: int = Field(500, ge=1)
     seed: int = 0
 
-    @field_validator("eps", mode="before")
+    @field_validator("eps", "autoattack_eps", mode="before")
     @classmethod
     def _parse(cls, values: Any) -> Any:
         if not isinstance(values, list):
             return values
         return [v if v == "standard" else parse_eps(v) for v in values]
 
-    @field_validator("eps")
+    @field_validator("eps", "autoattack_eps")
     @classmethod
-    def _valid(cls, values: list[float | str]) -> list[float | str]:
-        for i, v in enumerate(values):
+    def _valid(cls, values: list[float | str] | None) -> list[float | str] | None:
+        for i, v in enumerate(values or []):
             if v != "standard" and not (math.isfinite(float(v)) and float(v) > 0):
                 raise spec_error(
                     "eps_value",
@@ -469,22 +486,61 @@ class RobustnessSpec(StrictModel):
             )
         return v
 
-    def configs(self, dataset: str, norm: str) -> list[RobustnessConfig]:
-        """One RobustnessConfig per radius (and per attack: PGD, plus AutoAttack when on)."""
-        info = get_dataset_info(dataset)
-        out = []
-        for v in self.eps:
-            eps = standard_eps(dataset, norm, info.size) if v == "standard" else float(v)
-            out.append(
-                RobustnessConfig(eps, "pgd", self.attack.to_config(), self.num_samples, self.seed)
-            )
-            if self.autoattack:
-                out.append(
-                    RobustnessConfig(
-                        eps, "autoattack", self.attack.to_config(), self.num_samples, self.seed
-                    )
+    @model_validator(mode="after")
+    def _autoattack_radii(self) -> RobustnessSpec:
+        for i, v in enumerate(self.autoattack_eps or []):
+            if v not in self.eps:
+                raise spec_error(
+                    "autoattack_eps",
+                    f"AutoAttack runs beside PGD at radii of eps, and {v} is not one of "
+                    f"{self.eps}: add it to eps or leave it out of autoattack_eps",
+                    field=f"autoattack_eps.{i}",
+                    value=v,
                 )
+        return self
+
+    def runs_autoattack(self, num_classes: int) -> bool:
+        """Whether AutoAttack runs beside PGD on a source of num_classes classes."""
+        if self.autoattack == "auto":
+            return num_classes >= AUTOATTACK_MIN_CLASSES and autoattack_installed()
+        return bool(self.autoattack)
+
+    def configs(
+        self, dataset: str, norm: str, num_classes: int, seed: int | None = None
+    ) -> list[RobustnessConfig]:
+        """One RobustnessConfig per radius and attack: PGD, plus AutoAttack when it runs (on a
+        network of this seed, when autoattack_seeds lists some)."""
+        info = get_dataset_info(dataset)
+
+        def radius(v: float | str) -> float:
+            return standard_eps(dataset, norm, info.size) if v == "standard" else float(v)
+
+        autoattack = self.runs_autoattack(num_classes) and (
+            self.autoattack_seeds is None or seed is None or seed in self.autoattack_seeds
+        )
+        aa_radii = {radius(v) for v in (self.autoattack_eps or self.eps)}
+        aa_samples = min(self.autoattack_samples or self.num_samples, self.num_samples)
+        attack = self.attack.to_config()
+        out = []
+        for eps in dict.fromkeys(radius(v) for v in self.eps):
+            out.append(RobustnessConfig(eps, "pgd", attack, self.num_samples, self.seed))
+            if autoattack and eps in aa_radii:
+                out.append(RobustnessConfig(eps, "autoattack", attack, aa_samples, self.seed))
         return out
+
+
+# AutoAttack's targeted attacks (APGD-T, FAB-T) compare the top 4 logits.
+AUTOATTACK_MIN_CLASSES = 4
+
+
+def autoattack_installed() -> bool:
+    """Whether torchattacks, which runs AutoAttack, can be imported here."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torchattacks") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 class InversionVariantSpec(StrictModel):
@@ -496,12 +552,19 @@ class InversionVariantSpec(StrictModel):
 
 
 class InversionSpec(StrictModel):
-    """Inversion of the representation (PAPER.md section 5), plain and regularised."""
+    """Inversion of the representation (PAPER.md section 5), plain and regularised.
+
+    optimizer adam (step_size is its learning rate) or normalized (steps of L2 length
+    step_size along the normalised gradient); schedule cosine decays the step size to 0 so that
+    the reconstruction settles (the inversion table's final_improvement and converged say
+    whether it did), constant keeps it."""
 
     enabled: bool = True
     num_images: int = Field(8, ge=1, le=256)
-    steps: int = Field(200, ge=1)
+    steps: int = Field(400, ge=2)
     step_size: float = Field(0.1, gt=0)
+    optimizer: Literal["adam", "normalized"] = "adam"
+    schedule: Literal["cosine", "constant"] = "cosine"
     variants: list[InversionVariantSpec] = Field(
         [InversionVariantSpec(name="plain"), InversionVariantSpec(name="tv", tv_weight=0.05)],
         min_length=1,
@@ -521,7 +584,13 @@ class InversionSpec(StrictModel):
             (
                 v.name,
                 InversionConfig(
-                    self.steps, self.step_size, v.tv_weight, v.fisher_weight, self.seed
+                    self.steps,
+                    self.step_size,
+                    v.tv_weight,
+                    v.fisher_weight,
+                    self.seed,
+                    self.optimizer,
+                    self.schedule,
                 ),
             )
             for v in self.variants
@@ -953,6 +1022,7 @@ class SweepSpec(StrictModel):
                 field="networks",
                 value=repeated[0],
             )
+        self._check_autoattack()
         if self.search is not None:
             targets = {t.to_ref().id for t in self.evaluations.transfer.targets}
             for i, objective in enumerate(self.search.objectives):
@@ -1013,6 +1083,36 @@ class SweepSpec(StrictModel):
             data=self.data.to_config(),
             deterministic=self.training.deterministic,
         )
+
+    def _check_autoattack(self) -> None:
+        """autoattack: true needs torchattacks and sources of at least 4 classes."""
+        robustness = self.evaluations.robustness
+        if robustness.autoattack is not True or not robustness.enabled:
+            return
+        if not autoattack_installed():
+            raise spec_error(
+                "autoattack",
+                "AutoAttack needs the torchattacks package, which is not installed: "
+                "`pip install --no-deps 'torchattacks>=3.5'`, or set autoattack: auto (AutoAttack "
+                "where it can run)",
+                field="evaluations.robustness.autoattack",
+                value=True,
+            )
+        for source in self.sources():
+            classes = (
+                len(source.classes)
+                if source.classes is not None
+                else get_dataset_info(source.dataset).num_classes
+            )
+            if classes < AUTOATTACK_MIN_CLASSES:
+                raise spec_error(
+                    "autoattack",
+                    f"AutoAttack needs a source of at least {AUTOATTACK_MIN_CLASSES} classes "
+                    f"(its targeted attacks compare the top 4 logits), and {source.dataset} has "
+                    f"{classes} here: set autoattack: auto (PGD alone on such sources) or false",
+                    field="evaluations.robustness.autoattack",
+                    value=True,
+                )
 
     def baseline_configs(self) -> list[TrainConfig]:
         """Configs whose (source, arch, seed) the random-init baselines cover."""

@@ -69,11 +69,16 @@ def build_study(
     inversion: Mapping[str, tuple[Value, Value]] | None = None,
     grid_path: Callable[[float, int, str], str | None] | None = None,
     sources: Sequence[str] = (SOURCE,),
+    fisher_random_init: tuple[float, float] | None = None,
+    mean_image: tuple[float, float] | None = None,
 ) -> Path:
     """Write the tables of a synthetic study under results/tables and return results.
 
     Each table is written only when its values are given (an empty part otherwise, as the sink
-    leaves it); every source gets the same planted values.
+    leaves it); every source gets the same planted values. Trained networks' fisher rows have
+    no kind, as rows written before schema v4; fisher_random_init (input, weight) adds the
+    untrained network's rows of each seed, mean_image (psnr, ssim) the inversion's
+    no-information line on every inversion row.
     """
     trials, transfers, fishers, inversions = [], [], [], []
     for source in sources:
@@ -113,8 +118,24 @@ def build_study(
                             "psnr": psnr(e, s),
                             "ssim": ssim(e, s),
                             "grid_path": grid_path(e, s, variant) if grid_path else None,
+                            "mean_image_psnr": mean_image[0] if mean_image else None,
+                            "mean_image_ssim": mean_image[1] if mean_image else None,
                         }
                     )
+        for s in seeds if fisher_random_init else ():
+            fishers.append(
+                {
+                    "eval_key": f"fisher-random-{source}-{s}",
+                    "kind": "random_init",
+                    "source": source,
+                    "arch": ARCH,
+                    "seed": s,
+                    "sigma": 1.0,
+                    "weight_fisher": "true",
+                    "input_trace": fisher_random_init[0] * (1 + 0.01 * NOISE[s]),
+                    "weight_trace": fisher_random_init[1] * (1 + 0.01 * NOISE[s]),
+                }
+            )
         for target, acc in (random_init or {}).items():
             for s in seeds:
                 transfers.append(

@@ -1,18 +1,12 @@
 """Checkpoints written in the published formats, byte for byte as their libraries save them:
 the MadryLab robustness library's AttackerModel dict, RobustBench's state dict, torchvision's
 state dict and our own safetensors (tests/unit/trainables/test_checkpoint_import.py and
-tests/e2e/test_imported.py), and the optional robustbench package made absent or broken whether
-or not this machine has it; not a test module itself."""
+tests/e2e/test_imported.py); not a test module itself."""
 
 from __future__ import annotations
 
-import importlib.abc
-import sys
-from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 
-import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -70,37 +64,3 @@ def safetensors_file(path: Path, source: Classifier) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
     return path
-
-
-def _forget_robustbench(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [m for m in sys.modules if m == "robustbench" or m.startswith("robustbench.")]:
-        monkeypatch.delitem(sys.modules, name)
-
-
-class _NoRobustbench(importlib.abc.MetaPathFinder):
-    """Finds no robustbench, as an environment without the package does."""
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> None:
-        if fullname.split(".")[0] == "robustbench":
-            raise ModuleNotFoundError(f"No module named {fullname!r}", name="robustbench")
-        return None
-
-
-def without_robustbench(monkeypatch: pytest.MonkeyPatch) -> None:
-    """For the rest of the test, `import robustbench` fails as it does where it is not installed."""
-    _forget_robustbench(monkeypatch)
-    monkeypatch.setattr(sys, "meta_path", [_NoRobustbench(), *sys.meta_path])
-
-
-def broken_robustbench(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
-    """A robustbench package that is installed but fails to import one of its own dependencies,
-    as robustbench 1.1.1 does beside a setuptools without pkg_resources."""
-    package = folder / "site" / "robustbench"
-    (package / "model_zoo").mkdir(parents=True, exist_ok=True)
-    (package / "__init__.py").write_text("from .loaders import CustomImageFolder\n")
-    (package / "loaders.py").write_text("import atsweep_absent_dependency\n")
-    (package / "model_zoo" / "__init__.py").write_text("")
-    _forget_robustbench(monkeypatch)
-    monkeypatch.syspath_prepend(str(package.parent))

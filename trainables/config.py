@@ -233,6 +233,8 @@ class FinetuneConfig:
 # How the input Fisher trace is computed (full Jacobian, or Hutchinson's estimator), and which
 # labels the weight Fisher's gradients use (sampled from the model, or the dataset's).
 FISHER_METHODS = ("exact", "hutchinson")
+INVERSION_OPTIMIZERS = ("adam", "normalized")
+INVERSION_SCHEDULES = ("cosine", "constant")
 WEIGHT_FISHER_TYPES = ("true", "empirical")
 
 
@@ -292,13 +294,21 @@ def standard_eps(dataset: str, norm: str, size: int) -> float:
 
 @dataclass(frozen=True)
 class InversionConfig:
-    """Steps, step size and regulariser weights of an inversion (PAPER.md section 5)."""
+    """Steps, step size, optimiser, schedule and regulariser weights of an inversion (PAPER.md
+    section 5).
 
-    steps: int = 200
+    optimizer "adam": Adam on the pixels with learning rate step_size; "normalized": steps of
+    L2 length step_size along the normalised gradient (Engstrom et al.'s). schedule "cosine"
+    decays the step size to 0 over the steps, so that the iterates settle; "constant" keeps it.
+    """
+
+    steps: int = 400
     step_size: float = 0.1
     tv_weight: float = 0.0
     fisher_weight: float = 0.0
     seed: int = 0
+    optimizer: str = "adam"
+    schedule: str = "cosine"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 from study.evaluations import EVAL_TABLES, EvalTable
 from trainables import storage
 
-SCHEMA_VERSION = 3
+# 4: fisher.kind (the random-init reference rows) and the inversion's references.
+SCHEMA_VERSION = 4
 
 _TRIAL_CONFIG = [
     pa.field("trial_key", pa.string(), nullable=False),

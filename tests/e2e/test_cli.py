@@ -36,7 +36,8 @@ def test_run_writes_every_row_and_prints_the_table(smoke) -> None:  # type: igno
     assert len(t["epochs"]) == 2 * 2
     kinds = t["transfer"]["kind"].value_counts().to_dict()
     assert kinds == {"probe": 2, "random_init": 1, "raw_pixels": 1}
-    assert len(t["fisher"]) == 2 and (t["fisher"]["input_trace"] > 0).all()
+    assert t["fisher"]["kind"].value_counts().to_dict() == {"trained": 2, "random_init": 1}
+    assert (t["fisher"]["input_trace"] > 0).all()
     assert (t["fisher"]["input_eig"] <= t["fisher"]["input_trace"] + 1e-9).all()
     rob = t["robustness"]
     assert len(rob) == 2 and (rob["robust_acc"] <= rob["clean_acc"]).all()
@@ -73,7 +74,8 @@ def test_mlflow_has_one_parent_and_its_nested_runs(smoke) -> None:  # type: igno
     mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["smoke"])
     roles = runs["tags.atsweep.role"].value_counts().to_dict()
-    assert roles == {"study": 1, "trial": 2, "evaluation": 12}
+    # Per trial: transfer, Fisher, robustness, two inversions; once: the three baselines.
+    assert roles == {"study": 1, "trial": 2, "evaluation": 13}
     parent = runs[runs["tags.atsweep.role"] == "study"]["run_id"].item()
     trials = runs[runs["tags.atsweep.role"] == "trial"]
     assert (trials["tags.mlflow.parentRunId"] == parent).all()
@@ -130,7 +132,9 @@ def test_extending_the_grid_runs_only_the_new_cells(smoke) -> None:  # type: ign
     assert "2 cached, 1 to run" in out.stdout
     t = tables(results)
     assert sorted(t["trials"]["eps"]) == [0.0, 0.5, 1.0]
-    assert len(t["epochs"]) == 3 * 2 and len(t["fisher"]) == 3 and len(t["inversion"]) == 6
+    assert len(t["epochs"]) == 3 * 2 and len(t["inversion"]) == 6
+    # One more trained network; the untrained one of the same (arch, seed) is measured once.
+    assert t["fisher"]["kind"].value_counts().to_dict() == {"trained": 3, "random_init": 1}
     assert not t["trials"]["trial_key"].duplicated().any()
     new = t["transfer"][~t["transfer"]["eval_key"].isin(before["transfer"]["eval_key"])]
     new_trial = set(t["trials"]["trial_key"]) - set(before["trials"]["trial_key"])

@@ -23,11 +23,11 @@ from safetensors.torch import load_file, save_file
 
 from analysis.tables import load_table, tradeoff_table
 from tests.conftest import ROOT, run_study
+from tests.packages import without_package
 from tests.published import (
     robustbench_file,
     robustness_file,
     safetensors_file,
-    without_robustbench,
 )
 from trainables.catalog import get_dataset_info
 from trainables.config import ArchRef
@@ -237,7 +237,7 @@ def test_every_bad_entry_is_one_line_and_exit_2_with_nothing_written(
     # The CLI's main in this process: what `study validate` runs, without a torch import each.
     from study.cli import main
 
-    without_robustbench(monkeypatch)
+    without_package(monkeypatch, "robustbench")
 
     cases = bad_entries(tmp_path)
     for what, bad, message in cases:

@@ -61,4 +61,11 @@ def test_mixed_grid_runs_every_cell_and_transfers_across_formats(tmp_path: Path)
     probes = transfer[transfer["kind"] == "probe"]
     # 28 px Fashion-MNIST networks read 8 px digits through the same probe.
     assert len(probes) == 8 and probes["test_acc"].between(0, 1).all()
-    assert len(pd.read_parquet(tmp_path / "results" / "tables" / "fisher")) == 8
+    fisher = pd.read_parquet(tmp_path / "results" / "tables" / "fisher")
+    # Each network, and the untrained network of each (source, arch, seed): the reference.
+    assert fisher["kind"].value_counts().to_dict() == {"trained": 8, "random_init": 4}
+    untrained = fisher[fisher["kind"] == "random_init"]
+    assert untrained["eps"].isna().all() and untrained["trial_key"].isna().all()
+    assert set(zip(untrained["source"], untrained["arch"], strict=True)) == {
+        (s, a) for s in trials["source"] for a in trials["arch"]
+    }

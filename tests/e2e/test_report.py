@@ -91,8 +91,47 @@ def test_running_the_demo_again_reuses_everything_and_its_report(demo) -> None: 
     written = html.stat().st_mtime_ns
     again = run_study("run", str(path), cwd=path.parent)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "trials 0 run, 8 cached" in again.stdout and "evaluations 0 run" in again.stdout
+    assert "trials 0 run, 12 cached" in again.stdout and "evaluations 0 run" in again.stdout
     assert "report unchanged" in again.stdout and html.stat().st_mtime_ns == written
     # `study report` rewrites it on request.
     rewritten = run_study("report", str(results), "--no-mlflow", cwd=path.parent)
     assert rewritten.returncode == 0 and html.stat().st_mtime_ns > written
+
+
+def test_the_demos_numbers_stand_beside_their_references(demo) -> None:  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    import pandas as pd
+
+    _, results, run = demo
+    assert run.returncode == 0
+    report = results / "report"
+    tradeoff = pd.read_csv(report / "tradeoff.csv")
+    trained = tradeoff[tradeoff["row_kind"] == "trained"]
+    assert len(trained) == 4 and set(trained["seeds"]) == {3}
+    # AutoAttack beside PGD (torchattacks is installed by `make install`), each column named.
+    if importlib.util.find_spec("torchattacks") is not None:
+        for radius in ("0.5", "1"):
+            assert trained[f"robust[autoattack@{radius}]_mean"].notna().all()
+            assert (
+                trained[f"robust[autoattack@{radius}]_mean"]
+                <= trained[f"robust[pgd20@{radius}]_mean"] + 1e-9
+            ).all()
+    # The Fisher of the untrained network, and the inversion's no-information line.
+    untrained = tradeoff[tradeoff["row_kind"] == "random init"].iloc[0]
+    assert untrained["input_fisher_mean"] > 0 and untrained["weight_fisher_mean"] > 0
+    assert trained["psnr[mean image]_mean"].notna().all()
+    inversion = pd.read_parquet(results / "tables" / "inversion")
+    assert inversion["converged"].all(), inversion[["eps", "variant", "final_improvement"]]
+    claims = pd.read_csv(report / "claims.csv")
+    c2 = claims[(claims["claim"] == "C2") & claims["headline"]]
+    assert c2["reference"].str.contains("raw pixels").all()
+    assert c2["versus_reference"].str.contains("raw pixels").all()
+    for claim in ("C4", "C5"):
+        rows = claims[claims["claim"] == claim]
+        assert rows["statistic"].str.startswith("ratio_").all()
+        assert rows["reference"].str.startswith("random init").all()
+    c6 = claims[(claims["claim"] == "C6") & claims["headline"]]
+    assert c6["reference"].str.contains("mean image").all()
+    page = (report / "report.html").read_text()
+    assert "seeds_needed" in page and "versus_reference" in page

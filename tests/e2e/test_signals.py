@@ -62,7 +62,7 @@ def test_sigint_stops_the_study_honestly_and_the_same_command_resumes_it(tmp_pat
     assert not epochs.duplicated(["trial_key", "epoch"]).any()
     states = runs_by_status(results)
     assert states[("study", "FINISHED")] == 1 and states[("trial", "FINISHED")] == 2, states
-    assert states[("evaluation", "FINISHED")] == 12, states
+    assert states[("evaluation", "FINISHED")] == 13, states
 
 
 def test_sigterm_stops_the_study_with_143(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def assert_each_row_and_run_once(results: Path) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["smoke"])
     roles = runs["tags.atsweep.role"].value_counts().to_dict()
-    assert roles == {"study": 1, "trial": 2, "evaluation": 12}, roles
+    assert roles == {"study": 1, "trial": 2, "evaluation": 13}, roles
     assert "RUNNING" not in set(runs["status"])
 
 

@@ -100,6 +100,7 @@ def test_submit_runs_a_study_on_two_nodes_with_token_auth(tmp_path: Path) -> Non
         # Each trial in a fresh worker, and no baseline task ahead of them: the two trials'
         # placement groups take one node each, whichever trial finishes first.
         spec["evaluations"]["transfer"]["baselines"] = False
+        spec["evaluations"]["fisher"]["random_init"] = False
         spec["resources"] = {"reuse_actors": False}
         spec["output"] = {"results_dir": str(tmp_path / "results")}
         work = tmp_path / "work"

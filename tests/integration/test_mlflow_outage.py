@@ -24,6 +24,7 @@ def test_a_20_second_outage_loses_nothing_and_logging_catches_up(tmp_path: Path)
     spec = yaml.safe_load((Path(__file__).parents[2] / "sweeps" / "smoke.yaml").read_text())
     spec["training"]["epochs"] = 4
     spec["evaluations"]["inversion"] = {"enabled": False}
+    spec["evaluations"]["fisher"]["random_init"] = False
     spec["output"] = {"results_dir": str(tmp_path / "results"), "tracking_uri": uri}
     path = tmp_path / "outage.yaml"
     path.write_text(yaml.safe_dump(spec))

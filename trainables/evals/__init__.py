@@ -35,7 +35,7 @@ from trainables.config import (
     RobustnessConfig,
     TrainConfig,
 )
-from trainables.data import DEFAULT_LOAD, SubsetImageSet, build_dataset
+from trainables.data import DEFAULT_LOAD, ImageSet, SubsetImageSet, build_dataset
 from trainables.evals.finetune import run_finetune
 from trainables.evals.fisher import (
     compute_input_fisher,
@@ -136,6 +136,21 @@ def evaluate_fisher(
     """Input Fisher (trace, top eigenvalue) of a representation and weight Fisher traces, on the
     first num_samples source test images."""
     model = load_trained_model(cfg, checkpoint_dir, device)
+    return fisher_of(model, cfg, fisher, load, device)
+
+
+def evaluate_random_init_fisher(
+    cfg: TrainConfig, fisher: FisherConfig, load: LoadRequest = DEFAULT_LOAD, device: Device = "cpu"
+) -> dict[str, Any]:
+    """The Fisher reference: the same measurement on the untrained network of cfg's arch and
+    seed, where the scale starts before any training."""
+    return fisher_of(build_untrained_model(cfg).to(device).eval(), cfg, fisher, load, device)
+
+
+def fisher_of(
+    model: Classifier, cfg: TrainConfig, fisher: FisherConfig, load: LoadRequest, device: Device
+) -> dict[str, Any]:
+    """evaluate_fisher's measurement on a given network of cfg's source."""
     splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
     n = min(fisher.num_samples, len(splits.test))
     x = splits.test.get_batch(np.arange(n)).to(device)
@@ -227,12 +242,13 @@ def evaluate_inversion(
     load: LoadRequest = DEFAULT_LOAD,
     device: Device = "cpu",
 ) -> dict[str, Any]:
-    """Reconstruct the first num_images source test images from their penultimate features."""
+    """Reconstruct the first num_images source test images from their penultimate features,
+    beside the no-information references (the starting image, the training split's mean image)."""
     model = load_trained_model(cfg, checkpoint_dir, device)
     splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
     n = min(num_images, len(splits.test))
     x0 = splits.test.get_batch(np.arange(n)).to(device)
-    result = run_inversion(model.features, x0, inversion)
+    result = run_inversion(model.features, x0, inversion, mean_image(splits.train))
     if artifact_path is not None:
         scale = max(1, 64 // x0.shape[-1])
         save_inversion_grid(Path(artifact_path), x0, [result.reconstructions], scale=scale)
@@ -246,7 +262,32 @@ def evaluate_inversion(
         "ssim": result.ssim,
         "relative_error": result.relative_error,
         "grid_path": artifact_path,
+        "optimizer": inversion.optimizer,
+        "schedule": inversion.schedule,
+        "start_psnr": result.start_psnr,
+        "start_ssim": result.start_ssim,
+        "mean_image_psnr": result.mean_image_psnr,
+        "mean_image_ssim": result.mean_image_ssim,
+        "start_relative_error": result.start_relative_error,
+        "final_improvement": result.final_improvement,
+        "converged": result.converged,
     }
+
+
+# Images averaged for an inversion's mean-image reference (the whole split when smaller).
+MEAN_IMAGE_SAMPLES = 1024
+
+
+def mean_image(images: ImageSet) -> torch.Tensor:
+    """The mean of the first MEAN_IMAGE_SAMPLES images of a split: the best constant guess of an
+    image, in squared error, for someone who knows the dataset but nothing of the image."""
+    n = min(MEAN_IMAGE_SAMPLES, len(images))
+    total: torch.Tensor | None = None
+    for start in range(0, n, 256):
+        batch = images.get_batch(np.arange(start, min(n, start + 256))).double().sum(0)
+        total = batch if total is None else total + batch
+    assert total is not None, "a split has at least one image"
+    return (total / n).float()
 
 
 def evaluate_finetune(
@@ -277,7 +318,7 @@ def register_evaluator(kind: str, fn: Evaluator) -> None:
     result row (run_evaluation adds wall_time_s). A kind registered again is replaced.
 
     Evaluations run in Ray worker processes: register in a module that the workers import too
-    (as the eight built-in kinds below are, with this package).
+    (as the built-in kinds below are, with this package).
     """
     if not isinstance(kind, str) or not kind:
         raise ValueError(f"an evaluation kind must be a non-empty string, got {kind!r}: name it")
@@ -365,6 +406,12 @@ def _run_fisher(task: EvalTask, device: Device) -> dict[str, Any]:
     )
 
 
+def _run_random_init_fisher(task: EvalTask, device: Device) -> dict[str, Any]:
+    return evaluate_random_init_fisher(
+        _required(task, "train"), task_settings(task, FisherConfig), task.load, device
+    )
+
+
 def _run_robustness(task: EvalTask, device: Device) -> dict[str, Any]:
     return evaluate_robustness(
         _required(task, "train"),
@@ -418,6 +465,7 @@ register_evaluator("source_accuracy", _run_source_accuracy)
 register_evaluator("random_init", _run_random_init)
 register_evaluator("raw_pixels", _run_raw_pixels)
 register_evaluator("fisher", _run_fisher)
+register_evaluator("fisher_random_init", _run_random_init_fisher)
 register_evaluator("robustness", _run_robustness)
 register_evaluator("inversion", _run_inversion)
 register_evaluator("finetune", _run_finetune)

@@ -1,17 +1,25 @@
 """Inversion of a representation (Engstrom et al. 2019; PAPER.md section 5).
 
 Reconstruct x0 from its representation R(x0): minimise ||R(x) - R(x0)|| / ||R(x0)|| over x in
-[0, 1], from x = 0.5 + N(0, 1) / 20, with normalised-gradient (L2 PGD) steps. Extra
+[0, 1], from x = 0.5 + N(0, 1) / 20, by Adam on the pixels (or Engstrom et al.'s
+normalised-gradient steps) with a step size that decays to 0 over the steps (cosine), so that the
+iterates settle and the last tenth of the steps says whether the objective still falls. Extra
 regularisers can be added to the objective (total variation; a penalty on the input Fisher of
 the representation at x, estimated with one Hutchinson probe), so that the plain and the
-regularised reconstructions can be reported side by side. Quality is measured against x0 by
-PSNR and SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03, reflect
-padding, averaged over every pixel: the numbers torchmetrics gives, which the tests check), computed
-here so that an evaluation worker does not import torchmetrics (seconds per process).
+regularised reconstructions can be reported side by side.
+
+Quality is measured against x0 by PSNR and SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma
+1.5, K1 = 0.01, K2 = 0.03, reflect padding, averaged over every pixel: the numbers torchmetrics
+gives, which the tests check), computed here so that an evaluation worker does not import
+torchmetrics (seconds per process). Beside them, the references that say what a number means:
+the same measures of the starting image and of the dataset's mean image (what is known without
+any information about the image: the "no information" line), the relative feature error of the
+start and of the end, and the objective's relative fall over the last tenth of the steps.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +27,17 @@ from pathlib import Path
 import torch
 from torch.func import jvp
 
-from trainables.config import InversionConfig
+from trainables.config import INVERSION_OPTIMIZERS, INVERSION_SCHEDULES, InversionConfig
+
+# The objective has settled when it fell by less than this fraction over the last tenth of
+# the steps.
+CONVERGED_BELOW = 0.01
 
 
 @dataclass(frozen=True)
 class InversionResult:
-    """Reconstructions and their quality against the originals (means over images)."""
+    """Reconstructions, their quality against the originals (means over images), and the
+    references beside them."""
 
     reconstructions: torch.Tensor
     psnr: float
@@ -32,6 +45,35 @@ class InversionResult:
     relative_error: float
     psnr_per_image: list[float]
     ssim_per_image: list[float]
+    start_psnr: float
+    start_ssim: float
+    start_relative_error: float
+    final_improvement: float
+    converged: bool
+    mean_image_psnr: float | None = None
+    mean_image_ssim: float | None = None
+
+
+@dataclass(frozen=True)
+class Inverted:
+    """What the optimisation returns: the reconstructions, the starting images, the relative
+    feature error of each at the start and at the end, and the mean objective at every step
+    (before that step's update)."""
+
+    x: torch.Tensor
+    start: torch.Tensor
+    start_error: torch.Tensor
+    error: torch.Tensor
+    objective: list[float]
+
+    @property
+    def final_improvement(self) -> float:
+        """The objective's relative fall over the last tenth of the steps (0 = settled)."""
+        if len(self.objective) < 2:
+            return math.nan
+        tail = max(1, len(self.objective) // 10)
+        before, after = self.objective[-tail - 1], self.objective[-1]
+        return (before - after) / max(abs(before), 1e-12)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -41,23 +83,43 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return dh + dw
 
 
+def step_size_at(cfg: InversionConfig, step: int) -> float:
+    """The step size of a step (0-based): cosine decay from cfg.step_size to 0, or constant."""
+    if cfg.schedule == "constant":
+        return cfg.step_size
+    return cfg.step_size * 0.5 * (1.0 + math.cos(math.pi * step / cfg.steps))
+
+
 def invert_representation(
     feature_fn: Callable[[torch.Tensor], torch.Tensor],
     x0: torch.Tensor,
     cfg: InversionConfig,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reconstructions of x0 from feature_fn(x0) and their final relative feature errors."""
+) -> Inverted:
+    """Reconstructions of x0 from feature_fn(x0), with the objective's course."""
+    if cfg.optimizer not in INVERSION_OPTIMIZERS:
+        raise ValueError(
+            f"inversion optimizer {cfg.optimizer!r} is not one of {', '.join(INVERSION_OPTIMIZERS)}"
+        )
+    if cfg.schedule not in INVERSION_SCHEDULES:
+        raise ValueError(
+            f"inversion schedule {cfg.schedule!r} is not one of {', '.join(INVERSION_SCHEDULES)}"
+        )
     gen = torch.Generator(device=x0.device).manual_seed(cfg.seed)
     with torch.no_grad():
         target = feature_fn(x0).flatten(1)
         target_norm = target.norm(dim=1).clamp_min(1e-12)
+
+    def relative_error(x: torch.Tensor) -> torch.Tensor:
+        return (feature_fn(x).flatten(1) - target).norm(dim=1) / target_norm
+
     noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
-    x = (0.5 + noise / 20).clamp(0.0, 1.0)
+    start = (0.5 + noise / 20).clamp(0.0, 1.0)
+    x = start.clone().requires_grad_(True)
+    adam = torch.optim.Adam([x], lr=cfg.step_size) if cfg.optimizer == "adam" else None
     shape = (-1, *([1] * (x0.dim() - 1)))
-    for _ in range(cfg.steps):
-        x = x.detach().requires_grad_(True)
-        rel = (feature_fn(x).flatten(1) - target).norm(dim=1) / target_norm
-        objective = rel
+    history: list[float] = []
+    for step in range(cfg.steps):
+        objective = relative_error(x)
         if cfg.tv_weight > 0:
             objective = objective + cfg.tv_weight * total_variation(x)
         if cfg.fisher_weight > 0:
@@ -65,13 +127,22 @@ def invert_representation(
             # [1], not unpacking: torch.func annotates jvp's result as a 2- or 3-tuple (has_aux).
             jv: torch.Tensor = jvp(feature_fn, (x,), (v,))[1]
             objective = objective + cfg.fisher_weight * jv.flatten(1).pow(2).sum(1)
+        history.append(float(objective.detach().mean()))
         (g,) = torch.autograd.grad(objective.sum(), [x])
+        size = step_size_at(cfg, step)
         with torch.no_grad():
-            g_norm = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
-            x = (x - cfg.step_size * g / g_norm).clamp(0.0, 1.0)
+            if adam is not None:
+                for group in adam.param_groups:
+                    group["lr"] = size
+                x.grad = g
+                adam.step()
+            else:
+                x -= size * g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+            x.clamp_(0.0, 1.0)
     with torch.no_grad():
-        rel = (feature_fn(x).flatten(1) - target).norm(dim=1) / target_norm
-    return x.detach(), rel
+        final = relative_error(x)
+        start_error = relative_error(start)
+    return Inverted(x.detach(), start, start_error, final, history)
 
 
 def psnr_per_image(
@@ -126,19 +197,42 @@ def measure_reconstruction(x0: torch.Tensor, x: torch.Tensor) -> tuple[list[floa
 
 
 def run_inversion(
-    feature_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, cfg: InversionConfig
+    feature_fn: Callable[[torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    cfg: InversionConfig,
+    mean_image: torch.Tensor | None = None,
 ) -> InversionResult:
-    """Invert and measure: reconstructions with mean PSNR, SSIM and relative feature error."""
-    x, rel = invert_representation(feature_fn, x0, cfg)
-    psnr, ssim = measure_reconstruction(x0, x)
+    """Invert and measure: reconstructions with mean PSNR, SSIM and relative feature error, and
+    the references: the starting images, the dataset's mean image (when given; shape (C, H, W)),
+    the start's feature error and whether the objective settled."""
+    inverted = invert_representation(feature_fn, x0, cfg)
+    psnr, ssim = measure_reconstruction(x0, inverted.x)
+    start_psnr, start_ssim = measure_reconstruction(x0, inverted.start)
+    mean_psnr = mean_ssim = None
+    if mean_image is not None:
+        flat = mean_image.to(x0.device, x0.dtype).expand_as(x0)
+        psnr_m, ssim_m = measure_reconstruction(x0, flat)
+        mean_psnr, mean_ssim = _mean(psnr_m), _mean(ssim_m)
+    improvement = inverted.final_improvement
     return InversionResult(
-        reconstructions=x,
-        psnr=sum(psnr) / len(psnr),
-        ssim=sum(ssim) / len(ssim),
-        relative_error=float(rel.mean()),
+        reconstructions=inverted.x,
+        psnr=_mean(psnr),
+        ssim=_mean(ssim),
+        relative_error=float(inverted.error.mean()),
         psnr_per_image=psnr,
         ssim_per_image=ssim,
+        start_psnr=_mean(start_psnr),
+        start_ssim=_mean(start_ssim),
+        start_relative_error=float(inverted.start_error.mean()),
+        final_improvement=improvement,
+        converged=improvement < CONVERGED_BELOW,
+        mean_image_psnr=mean_psnr,
+        mean_image_ssim=mean_ssim,
     )
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def save_inversion_grid(

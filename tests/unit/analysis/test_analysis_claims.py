@@ -141,10 +141,88 @@ def test_c4_c5_fisher_traces_trend(tmp_path: Path, scale: float, verdict: str) -
         weight_trace=noisy({e: 3 * v for e, v in planted.items()}, 2.0),
     )
     c4, c5 = row(claims, "C4"), row(claims, "C5")
-    assert c4["statistic"] == "delta_input_trace" and c4["setting"] == "sigma=1"
-    assert c5["statistic"] == "delta_weight_trace" and c5["setting"] == "weight_fisher=true"
+    assert c4["statistic"] == "ratio_input_trace" and c4["setting"] == "sigma=1"
+    assert c5["statistic"] == "ratio_weight_trace" and c5["setting"] == "weight_fisher=true"
     assert c4["verdict"] == verdict and c5["verdict"] == verdict
-    assert c5["value"] == pytest.approx(3 * c4["value"])
+
+    def geometric(e: float, offsets: float) -> float:
+        return float(np.exp(np.mean([np.log(planted[e] + offsets * n) for n in (-1, 0, 1)])))
+
+    # The ratio of geometric means over seeds, largest eps over smallest.
+    assert c4["value"] == pytest.approx(geometric(1.0, 1.0) / geometric(0.0, 1.0))
+    assert c5["value"] == pytest.approx(geometric(1.0, 2 / 3) / geometric(0.0, 2 / 3))
+    assert "tested on the log scale" in c4["note"]
+
+
+def test_a_33_fold_fall_with_two_seeds_is_decided_as_a_ratio_not_as_a_difference() -> None:
+    # The fashion study's input Fisher: 98.6 -> 3.0 with two seeds each, spread growing with size.
+    curve = {0.0: np.array([80.0, 117.0]), 1.0: np.array([2.5, 3.5])}
+    linear = check_trend(curve, -1)
+    assert linear["verdict"] == "undetermined" and linear["ci_low"] < 0 < linear["ci_high"]
+    ratio = check_trend(curve, -1, log=True)
+    assert ratio["verdict"] == "holds" and ratio["ci_high"] < 1
+    assert ratio["value"] == pytest.approx(np.sqrt(2.5 * 3.5) / np.sqrt(80.0 * 117.0))
+    assert ratio["ci_low"] < ratio["value"] < ratio["ci_high"]
+    # A rise on the log scale fails, and a value <= 0 falls back to the difference.
+    assert check_trend({0.0: curve[1.0], 1.0: curve[0.0]}, -1, log=True)["verdict"] == "fails"
+    zero = check_trend({0.0: np.array([1.9, 2.0]), 1.0: np.array([0.0, 0.1])}, -1, log=True)
+    assert "cannot be logged" in str(zero["note"]) and zero["verdict"] == "holds"
+
+
+def test_an_undetermined_claim_says_how_many_seeds_would_decide_it() -> None:
+    from analysis.stats import seeds_to_decide
+
+    curve = {0.0: np.array([0.80, 0.84]), 1.0: np.array([0.76, 0.78])}
+    r = check_trend(curve, -1)
+    assert r["verdict"] == "undetermined"
+    needed = r["seeds_needed"]
+    assert needed == seeds_to_decide(curve[1.0], curve[0.0]) and 2 < float(needed) < 50
+    # At that many seeds, with the observed means and spreads, the verdict is reached.
+    rng = np.random.default_rng(0)
+    n = int(needed)
+    decided = 0
+    for _ in range(400):
+        draw = {e: rng.normal(v.mean(), v.std(ddof=1), n) for e, v in curve.items()}
+        decided += check_trend(draw, -1)["verdict"] != "undetermined"
+    assert decided / 400 >= 0.7
+    # A decided row and one with no spread to go on give none.
+    assert np.isnan(float(check_trend(FIXED_FALL, -1)["seeds_needed"]))
+    assert np.isnan(seeds_to_decide([1.0], [2.0, 3.0]))
+
+
+FIXED_FALL = {0.0: np.array([0.9, 0.91, 0.92]), 1.0: np.array([0.5, 0.51, 0.52])}
+
+
+def test_welch_power_matches_simulated_welch_intervals() -> None:
+    from scipy import stats
+
+    from analysis.stats import welch_power
+
+    rng = np.random.default_rng(1)
+    draws, n = 3000, 6
+    hits = 0
+    for _ in range(draws):
+        a, b = rng.normal(1.0, 1.0, n), rng.normal(0.0, 1.5, n)
+        ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+        hits += ci.low > 0 or ci.high < 0
+    # The noncentral t with the true spreads' Welch df; simulated: 0.222 (3 standard errors).
+    assert welch_power(1.0, 1.0, 1.5, n, 0.95) == pytest.approx(hits / draws, abs=0.025)
+
+
+def test_fisher_claims_name_the_random_init_network_as_their_reference(tmp_path: Path) -> None:
+    planted = {0.0: 100.0, 0.25: 60.0, 0.5: 30.0, 1.0: 10.0}
+    claims = claims_of(
+        tmp_path,
+        input_trace=noisy(planted, 1.0),
+        weight_trace=noisy(planted, 1.0),
+        fisher_random_init=(200.0, 50.0),
+    )
+    c4, c5 = row(claims, "C4"), row(claims, "C5")
+    assert c4["reference"] == "random init 200" and c5["reference"] == "random init 50"
+    assert c4["versus_reference"] == "x0.5 at eps=0, x0.05 at eps=1"
+    assert c5["versus_reference"] == "x2 at eps=0, x0.2 at eps=1"
+    # The random-init rows (no eps) are references, never a point of the curve.
+    assert (c4["n_eps"], c4["n_seeds"]) == (4, 3)
 
 
 def test_c6_inversion_quality_per_variant_with_plain_as_headline(tmp_path: Path) -> None:
@@ -163,6 +241,54 @@ def test_c6_inversion_quality_per_variant_with_plain_as_headline(tmp_path: Path)
     tv_ssim = row(claims, "C6", "delta_ssim", setting="variant=tv")
     assert not tv_ssim["headline"] and tv_ssim["verdict"] == "fails"
     assert row(claims, "C6", "delta_psnr", setting="variant=tv")["verdict"] == "undetermined"
+
+
+def test_c6_below_the_no_information_line_is_undetermined_whatever_the_trend(
+    tmp_path: Path,
+) -> None:
+    # PSNR falls 7.2 -> 6.6 dB with eps, every value below the mean image's 9 dB.
+    falling = noisy({0.0: 7.2, 0.25: 7.0, 0.5: 6.8, 1.0: 6.6}, 0.02)
+    claims = claims_of(
+        tmp_path, inversion={"plain": (falling, noisy(FALLING, 0.005))}, mean_image=(9.0, 0.99)
+    )
+    plain = row(claims, "C6", "delta_psnr", setting="variant=plain")
+    assert (
+        check_trend({0.0: np.array([7.18, 7.2, 7.22]), 1.0: np.array([6.58, 6.6, 6.62])}, 1)[
+            "verdict"
+        ]
+        == "fails"
+    )
+    assert plain["verdict"] == "undetermined"
+    assert "no eps beats the no-information line (mean image 9)" in plain["note"]
+    assert plain["reference"] == "mean image 9" and plain["versus_reference"].startswith("below")
+
+
+def test_c6_above_the_no_information_line_keeps_its_trend_verdict(tmp_path: Path) -> None:
+    psnr = noisy({0.0: 12.0, 0.25: 14.0, 0.5: 16.0, 1.0: 18.0}, 0.2)
+    claims = claims_of(
+        tmp_path, inversion={"plain": (psnr, noisy(RISING, 0.005))}, mean_image=(13.0, 0.5)
+    )
+    plain = row(claims, "C6", "delta_psnr", setting="variant=plain")
+    assert plain["verdict"] == "holds"
+    assert "beats the no-information line (mean image 13) at eps=0.25, 0.5, 1" in plain["note"]
+    assert plain["versus_reference"] == "above the mean image at eps=1"
+
+
+def test_c2_says_when_the_best_eps_stays_below_raw_pixels(tmp_path: Path) -> None:
+    claims = claims_of(
+        tmp_path,
+        transfer={"near": noisy(INVERTED_U, 0.005), "far": noisy(INVERTED_U, 0.005)},
+        raw_pixels={"near": 0.95, "far": 0.70},
+        random_init={"near": 0.60, "far": 0.60},
+    )
+    near = row(claims, "C2", "best_gain", target="near")
+    assert near["verdict"] == "holds"
+    assert near["reference"] == "raw pixels 0.95; random init 0.6"
+    assert near["versus_reference"] == "below raw pixels; above random init"
+    assert "stays below raw pixels (0.95)" in near["note"]
+    far = row(claims, "C2", "best_gain", target="far")
+    assert far["versus_reference"] == "above raw pixels; above random init"
+    assert "below raw pixels" not in far["note"]
 
 
 def far_gains_more(near_to_far: list[str], reverse: bool = False) -> dict[str, object]:

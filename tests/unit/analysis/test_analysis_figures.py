@@ -63,6 +63,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Tables:
             ),
         },
         grid_path=grid_path,
+        fisher_random_init=(800.0, 120.0),
+        mean_image=(14.0, 0.4),
     )
     return load_tables(results)
 
@@ -97,9 +99,11 @@ def test_figures_label_axes_targets_and_baselines(written: dict[str, Path]) -> N
         assert label in transfer
     assert "target test accuracy (fraction)" in transfer
     assert "Pareto front" in written["tradeoff.svg"].read_text()
-    assert "log scale" in written["fisher.svg"].read_text()
+    fisher = written["fisher.svg"].read_text()
+    assert "log scale" in fisher and "random-init network" in fisher
     inversion = written["inversion.svg"].read_text()
     assert "PSNR (dB)" in inversion and "SSIM" in inversion and "plain" in inversion
+    assert "mean image (no information)" in inversion
 
 
 def test_reconstructions_skip_missing_images(written: dict[str, Path]) -> None:

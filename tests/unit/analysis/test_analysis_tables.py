@@ -16,7 +16,7 @@ from analysis.tables import (
     load_table,
     tradeoff_table,
 )
-from tests.analysis_study import build_study, noisy
+from tests.analysis_study import EPS, build_study, noisy
 
 pytestmark = pytest.mark.unit
 
@@ -145,3 +145,32 @@ def test_imported_networks_take_their_source_accuracy_and_the_newest_file_counts
     filled = fill_source_accuracy(kept["trials"], kept["source"]).set_index("trial_key")
     assert filled["test_acc_clean"].to_dict() == {"new": 0.2, "other": 0.3, "grid": 0.9}
     assert filled.loc["other", "test_acc_pgd"] == 0.2
+
+
+def test_the_tradeoff_table_lists_the_fisher_and_inversion_references(tmp_path: Path) -> None:
+    build_study(
+        tmp_path,
+        input_trace=noisy({0.0: 100.0, 0.25: 60.0, 0.5: 30.0, 1.0: 10.0}, 1.0),
+        weight_trace=noisy({0.0: 30.0, 0.25: 20.0, 0.5: 10.0, 1.0: 5.0}, 1.0),
+        fisher_random_init=(400.0, 90.0),
+        inversion={
+            "plain": (noisy(dict.fromkeys(EPS, 12.0), 0.1), noisy(dict.fromkeys(EPS, 0.3), 0))
+        },
+        mean_image=(9.5, 0.2),
+        random_init={"svhn": 0.3},
+    )
+    table = tradeoff_table(tmp_path)
+    trained = table[table["row_kind"] == "trained"].set_index("eps")
+    # The random-init rows (no eps) stay out of the trained rows' means.
+    assert trained["input_fisher_mean"].to_dict() == pytest.approx(
+        {0.0: 100.0, 0.25: 60.0, 0.5: 30.0, 1.0: 10.0}
+    )
+    assert len(trained) == 4 and set(trained["seeds"]) == {3}
+    reference = table[table["row_kind"] == "random init"].iloc[0]
+    assert reference["input_fisher_mean"] == pytest.approx(400.0)
+    assert reference["weight_fisher_mean"] == pytest.approx(90.0)
+    assert reference["transfer[svhn]_mean"] == pytest.approx(0.3) and reference["seeds"] == 3
+    assert set(trained["psnr[mean image]_mean"]) == {9.5}
+    assert "feature_error[plain]_mean" in table.columns
+    text = format_tradeoff(table)
+    assert "input_fisher" in text and "psnr[mean image]" in text

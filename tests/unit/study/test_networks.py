@@ -20,7 +20,7 @@ from study.networks import (
     robustbench_path,
 )
 from study.spec import CHECKPOINT_FORMATS, NetworkSpec, SpecError, SweepSpec, load_spec
-from tests.published import broken_robustbench, without_robustbench
+from tests.packages import broken_package, without_package
 from trainables.checkpoint_import import FORMATS, CheckpointImportError
 from trainables.config import ArchRef, DatasetRef, ImportedConfig, LoadRequest, TrainConfig
 from trainables.imported import cached_path, fetch_checkpoint
@@ -143,7 +143,7 @@ RB_ENTRY = NetworkSpec(robustbench="Carmon2019Unlabeled", dataset="cifar10", thr
 def test_a_robustbench_id_without_the_package_says_how_to_install_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    without_robustbench(monkeypatch)
+    without_package(monkeypatch, "robustbench")
     with pytest.raises(SpecError) as raised:
         resolve_robustbench(0, RB_ENTRY)
     message = str(raised.value)
@@ -156,7 +156,7 @@ def test_a_robustbench_id_without_the_package_says_how_to_install_it(
 def test_a_robustbench_package_that_fails_to_import_is_named_with_its_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    broken_robustbench(monkeypatch, tmp_path)
+    broken_package(monkeypatch, tmp_path, "robustbench")
     with pytest.raises(SpecError) as raised:
         resolve_robustbench(0, RB_ENTRY)
     message = str(raised.value)

@@ -245,3 +245,64 @@ def test_free_is_not_an_evaluation_attack(tmp_path: Path) -> None:
     raw["training"] = {"eval_attack": {"method": "free"}}
     with pytest.raises(SpecError, match=r"training\.eval_attack\.method"):
         load_spec(write(tmp_path, raw))
+
+
+def robustness_kinds(spec: SweepSpec) -> list[str]:
+    source = spec.sources()[0]
+    classes = len(source.classes) if source.classes else 10
+    return [c.id for c in spec.evaluations.robustness.configs(source.dataset, "l2", classes)]
+
+
+def test_autoattack_runs_by_default_where_torchattacks_and_four_classes_allow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("torchattacks")
+    raw = base_spec(tmp_path)
+    assert robustness_kinds(load_spec(write(tmp_path, raw))) == ["pgd20", "autoattack"]
+    three = copy.deepcopy(raw)
+    three["grid"]["sources"] = [{"dataset": "digits", "classes": [0, 1, 2]}]
+    assert robustness_kinds(load_spec(write(tmp_path, three))) == ["pgd20"]
+    with pytest.raises(SpecError, match=r"evaluations\.robustness\.autoattack.*3 here"):
+        three["evaluations"]["robustness"] = {"autoattack": True}
+        load_spec(write(tmp_path, three))
+    off = copy.deepcopy(raw)
+    off["evaluations"]["robustness"] = {"autoattack": False}
+    assert robustness_kinds(load_spec(write(tmp_path, off))) == ["pgd20"]
+
+
+def test_without_torchattacks_auto_is_pgd_and_true_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.packages import without_package
+
+    without_package(monkeypatch, "torchattacks")
+    raw = base_spec(tmp_path)
+    assert robustness_kinds(load_spec(write(tmp_path, raw))) == ["pgd20"]
+    raw["evaluations"]["robustness"] = {"autoattack": True}
+    with pytest.raises(SpecError, match=r"autoattack.*pip install --no-deps 'torchattacks>=3\.5'"):
+        load_spec(write(tmp_path, raw))
+
+
+def test_autoattack_can_be_kept_to_some_radii_and_the_first_images(tmp_path: Path) -> None:
+    pytest.importorskip("torchattacks")
+    raw = base_spec(tmp_path)
+    raw["evaluations"]["robustness"] = {
+        "eps": [0.5, 1.0],
+        "num_samples": 200,
+        "autoattack_eps": [0.5],
+        "autoattack_samples": 30,
+    }
+    spec = load_spec(write(tmp_path, raw))
+    configs = spec.evaluations.robustness.configs("digits", "l2", 5)
+    assert [(c.id, c.eps, c.num_samples) for c in configs] == [
+        ("pgd20", 0.5, 200),
+        ("autoattack", 0.5, 30),
+        ("pgd20", 1.0, 200),
+    ]
+    raw["evaluations"]["robustness"]["autoattack_seeds"] = [1]
+    seeds = load_spec(write(tmp_path, raw)).evaluations.robustness
+    assert [c.id for c in seeds.configs("digits", "l2", 5, seed=0)] == ["pgd20", "pgd20"]
+    assert [c.id for c in seeds.configs("digits", "l2", 5, seed=1)][1] == "autoattack"
+    raw["evaluations"]["robustness"]["autoattack_eps"] = [2.0]
+    with pytest.raises(SpecError, match=r"autoattack_eps\.0.*2\.0 is not one of"):
+        load_spec(write(tmp_path, raw))

@@ -73,6 +73,13 @@ def every_task(cfg: TrainConfig, ckpt: Path, tmp_path: Path) -> dict[str, EvalTa
             train=cfg,
             checkpoint=str(ckpt),
         ),
+        "fisher_random_init": EvalTask(
+            "fisher_random_init",
+            "k",
+            DATA,
+            FisherConfig(num_samples=16, probes=4, eigen_iters=10),
+            train=cfg,
+        ),
         "robustness": EvalTask(
             "robustness",
             "k",
@@ -121,6 +128,11 @@ def check_results(out: dict[str, dict]) -> None:
     fisher = out["fisher"]
     assert 0 < fisher["input_eig"] <= fisher["input_trace"] * 1.5
     assert set(fisher["weight_trace_per_layer"]) >= {"head"}
+    # The untrained network of the same arch and seed: the same measurement, another network.
+    untrained = out["fisher_random_init"]
+    assert untrained["input_trace"] > 0 and untrained["weight_trace"] > 0
+    assert untrained["input_trace"] != fisher["input_trace"]
+    assert set(untrained) == set(fisher)
     rob = out["robustness"]
     assert 0 <= rob["robust_acc"] <= rob["clean_acc"] <= 1 and rob["eval_attack"] == "pgd5"
     # The whole source test split, under the names training reports.
@@ -129,6 +141,9 @@ def check_results(out: dict[str, dict]) -> None:
     assert 0 <= source["test_acc_pgd"] <= source["test_acc_clean"] <= 1
     inv = out["inversion"]
     assert inv["n_images"] == 3 and Path(inv["grid_path"]).is_file() and inv["psnr"] > 0
+    assert inv["mean_image_psnr"] > 0 and inv["start_psnr"] > 0
+    assert (inv["optimizer"], inv["schedule"]) == ("adam", "cosine")
+    assert isinstance(inv["converged"], bool) and inv["start_relative_error"] > 0
 
 
 def test_every_kind_runs_from_a_checkpoint(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -156,6 +171,7 @@ BUILTIN_KINDS = (
     "random_init",
     "raw_pixels",
     "fisher",
+    "fisher_random_init",
     "robustness",
     "source_accuracy",
     "inversion",
