@@ -53,7 +53,7 @@ def test_run_writes_every_row_and_prints_the_table(smoke) -> None:  # type: igno
         assert (Path(ckpt) / "model.safetensors").is_file()
     # Where the run's time went: printed, and kept in study.json with the run's own counts.
     last = json.loads((results / "study.json").read_text())["last_run"]
-    assert (last["trials_done"], last["evals_done"]) == (2, 12)
+    assert (last["trials_done"], last["evals_done"]) == (2, 13)
     assert last["trial_time_s"] > 0 and last["eval_time_s"] > 0 and last["mlflow_s"] > 0
     share = (last["mlflow_s"] + last["parquet_s"]) / (last["trial_time_s"] + last["eval_time_s"])
     assert last["logging_share"] == pytest.approx(share)
@@ -115,7 +115,7 @@ def test_running_twice_adds_no_rows_and_no_runs(smoke) -> None:  # type: ignore[
     assert second.stdout.strip().splitlines()[-1] == "0 False"
     assert {n: len(df) for n, df in tables(results).items()} == before
     mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
-    assert len(mlflow.search_runs(experiment_names=["smoke"])) == 15
+    assert len(mlflow.search_runs(experiment_names=["smoke"])) == 16  # 1 + 2 + 13
 
 
 def test_extending_the_grid_runs_only_the_new_cells(smoke) -> None:  # type: ignore[no-untyped-def]

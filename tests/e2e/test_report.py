@@ -109,14 +109,13 @@ def test_the_demos_numbers_stand_beside_their_references(demo) -> None:  # type:
     tradeoff = pd.read_csv(report / "tradeoff.csv")
     trained = tradeoff[tradeoff["row_kind"] == "trained"]
     assert len(trained) == 4 and set(trained["seeds"]) == {3}
-    # AutoAttack beside PGD (torchattacks is installed by `make install`), each column named.
+    # AutoAttack beside PGD (torchattacks is installed by `make install`), each column named:
+    # at 0.5 on seed 0's networks, as the demo keeps it.
     if importlib.util.find_spec("torchattacks") is not None:
-        for radius in ("0.5", "1"):
-            assert trained[f"robust[autoattack@{radius}]_mean"].notna().all()
-            assert (
-                trained[f"robust[autoattack@{radius}]_mean"]
-                <= trained[f"robust[pgd20@{radius}]_mean"] + 1e-9
-            ).all()
+        assert trained["robust[autoattack@0.5]_mean"].between(0, 1).all()
+        assert trained["robust[autoattack@0.5]_n"].eq(1).all()
+        assert "robust[autoattack@1]_mean" not in tradeoff.columns
+        assert trained["robust[pgd20@1]_mean"].notna().all()
     # The Fisher of the untrained network, and the inversion's no-information line.
     untrained = tradeoff[tradeoff["row_kind"] == "random init"].iloc[0]
     assert untrained["input_fisher_mean"] > 0 and untrained["weight_fisher_mean"] > 0
