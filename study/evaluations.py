@@ -398,6 +398,20 @@ def plan_raw_pixels(ctx: PlanContext) -> list[PlannedEval]:
     return list(out.values())
 
 
+def untrained_row(key: str, cfg: TrainConfig, **extra: Any) -> dict[str, Any]:
+    """The identity of a row measured on the untrained network of cfg's (source, arch, seed):
+    no trial, kind random_init, no norm, attack or eps."""
+    return {
+        "eval_key": key,
+        "trial_key": None,
+        "kind": "random_init",
+        **extra,
+        "source": cfg.source.id,
+        "arch": cfg.arch.id,
+        "seed": cfg.seed,
+    }
+
+
 def plan_random_init(ctx: PlanContext) -> list[PlannedEval]:
     """The probe on an untrained network, per (source, arch, seed) of the grid and target."""
     transfer = ctx.spec.evaluations.transfer
@@ -421,15 +435,7 @@ def plan_random_init(ctx: PlanContext) -> list[PlannedEval]:
             task = EvalTask(
                 "random_init", key, cfg.data, probe, train=cfg, target=target, load=ctx.load
             )
-            row = {
-                "eval_key": key,
-                "trial_key": None,
-                "kind": "random_init",
-                "target": target.id,
-                "source": cfg.source.id,
-                "arch": cfg.arch.id,
-                "seed": cfg.seed,
-            }
+            row = untrained_row(key, cfg, target=target.id)
             name = f"baseline random init {cfg.arch.id} seed={cfg.seed} {target.id}"
             out[key] = PlannedEval(task, "transfer", row, name)
     return list(out.values())
@@ -477,14 +483,7 @@ def plan_random_init_fisher(ctx: PlanContext) -> list[PlannedEval]:
         if key in out:
             continue
         task = EvalTask("fisher_random_init", key, cfg.data, fisher, train=cfg, load=ctx.load)
-        row = {
-            "eval_key": key,
-            "trial_key": None,
-            "kind": "random_init",
-            "source": cfg.source.id,
-            "arch": cfg.arch.id,
-            "seed": cfg.seed,
-        }
+        row = untrained_row(key, cfg)
         name = f"reference fisher random init {cfg.arch.id} seed={cfg.seed}"
         out[key] = PlannedEval(task, "fisher", row, name)
     return list(out.values())
