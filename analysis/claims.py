@@ -133,14 +133,14 @@ def check_trend(curve: Curve, direction: int, log: bool = False) -> dict[str, ob
     """Delta (largest eps minus smallest) with its Welch CI, and the verdict for a claim that
     the value falls (direction -1) or rises (+1) with eps. With log, the ratio of geometric
     means and its CI, from the difference of the logs (every value must be > 0; else the
-    difference of the values, with a note)."""
-    row: dict[str, object] = {**_base(curve), "seeds_needed": float("nan")}
+    difference of the values, with a note). The row's "logged" says which it is."""
     eps = sorted(curve)
+    logged = log and all(bool(np.all(curve[e] > 0)) for e in eps)
+    # "logged": whether the row is a ratio (on the log scale) or a difference.
+    row: dict[str, object] = {**_base(curve), "seeds_needed": float("nan"), "logged": logged}
     if len(eps) < 2:
         return {**row, "verdict": UNDETERMINED, "note": "needs at least 2 eps values"}
     lo, hi = eps[0], eps[-1]
-    positive = all(bool(np.all(curve[e] > 0)) for e in eps)
-    logged = log and positive
     scale = {e: np.log(curve[e]) for e in eps} if logged else curve
     d = welch_diff_ci(scale[hi], scale[lo])
     centres = [float(scale[e].mean()) for e in eps]
@@ -478,7 +478,7 @@ def _trend_rows(
             "headline": is_headline,
             **check_trend(curve, direction, log),
         }
-        if log and "cannot be logged" in str(row["note"]):
+        if not row.pop("logged"):
             row["statistic"] = f"delta_{value}"
         if reference is not None:
             found = reference(block, parts, curve)

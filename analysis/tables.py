@@ -352,6 +352,50 @@ def fill_source_accuracy(trials: pd.DataFrame, source: pd.DataFrame) -> pd.DataF
     return out
 
 
+def _baseline_rows(
+    table: pd.DataFrame, transfer: pd.DataFrame, fisher_reference: pd.DataFrame
+) -> list[pd.DataFrame]:
+    """The trade-off table's reference rows per (source, arch, norm): "random init" (its probe
+    on each target and its Fisher) and "raw pixels" (the probe on each target)."""
+    rows = []
+    for (source, arch, norm), _ in table.groupby(["source", "arch", "norm"], dropna=False):
+        for kind, label in (("random_init", "random init"), ("raw_pixels", "raw pixels")):
+            base = transfer[transfer["kind"] == kind]
+            reference = fisher_reference.iloc[0:0]
+            if kind == "random_init":
+                base = base[(base["source"] == source) & (base["arch"] == arch)]
+                reference = fisher_reference[
+                    (fisher_reference["source"] == source) & (fisher_reference["arch"] == arch)
+                ]
+            if base.empty and reference.empty:
+                continue
+            row: dict[str, object] = {
+                "row_kind": label,
+                "source": source,
+                "arch": arch,
+                "norm": norm,
+                "attack": "",
+                "eps": float("nan"),
+            }
+            seeds = 0
+            for target, sub in base.groupby("target"):
+                row[f"transfer[{target}]_mean"] = sub["test_acc"].mean()
+                row[f"transfer[{target}]_std"] = sub["test_acc"].std(ddof=1)
+                seeds = len(sub)
+            for column, name in (
+                ("input_trace", "input_fisher"),
+                ("weight_trace", "weight_fisher"),
+            ):
+                values = reference[column].astype(float).dropna()
+                if not values.empty:
+                    row[f"{name}_mean"] = values.mean()
+                    row[f"{name}_std"] = values.std(ddof=1)
+                    seeds = max(seeds, len(values))
+            row["seeds"] = seeds
+            rows.append(pd.DataFrame([row]))
+    return rows
+
+
 def tradeoff_table(results_dir: str | Path) -> pd.DataFrame:
     """Mean and std over seeds per (source, arch, norm, eps), plus baseline rows (row_kind).
 
@@ -403,42 +447,7 @@ def tradeoff_table(results_dir: str | Path) -> pd.DataFrame:
     table.insert(0, "row_kind", "trained")
     table["seeds"] = table.pop("clean_n")
 
-    rows = [table]
-    for (source, arch, norm), _ in table.groupby(["source", "arch", "norm"], dropna=False):
-        for kind, label in (("random_init", "random init"), ("raw_pixels", "raw pixels")):
-            base = transfer[transfer["kind"] == kind]
-            reference = fisher_reference.iloc[0:0]
-            if kind == "random_init":
-                base = base[(base["source"] == source) & (base["arch"] == arch)]
-                reference = fisher_reference[
-                    (fisher_reference["source"] == source) & (fisher_reference["arch"] == arch)
-                ]
-            if base.empty and reference.empty:
-                continue
-            row: dict[str, object] = {
-                "row_kind": label,
-                "source": source,
-                "arch": arch,
-                "norm": norm,
-                "attack": "",
-                "eps": float("nan"),
-            }
-            seeds = 0
-            for target, sub in base.groupby("target"):
-                row[f"transfer[{target}]_mean"] = sub["test_acc"].mean()
-                row[f"transfer[{target}]_std"] = sub["test_acc"].std(ddof=1)
-                seeds = len(sub)
-            for column, name in (
-                ("input_trace", "input_fisher"),
-                ("weight_trace", "weight_fisher"),
-            ):
-                values = reference[column].astype(float).dropna()
-                if not values.empty:
-                    row[f"{name}_mean"] = values.mean()
-                    row[f"{name}_std"] = values.std(ddof=1)
-                    seeds = max(seeds, len(values))
-            row["seeds"] = seeds
-            rows.append(pd.DataFrame([row]))
+    rows = [table, *_baseline_rows(table, transfer, fisher_reference)]
     out = pd.concat(rows, ignore_index=True)
     order = {"trained": 0, "random init": 1, "raw pixels": 2}
     out["_order"] = out["row_kind"].map(order)

@@ -248,7 +248,10 @@ def evaluate_inversion(
     splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
     n = min(num_images, len(splits.test))
     x0 = splits.test.get_batch(np.arange(n)).to(device)
-    result = run_inversion(model.features, x0, inversion, mean_image(splits.train))
+    reference = _MEAN_IMAGES.get((cfg.source, cfg.data, load.root))
+    if reference is None:
+        reference = _MEAN_IMAGES[(cfg.source, cfg.data, load.root)] = mean_image(splits.train)
+    result = run_inversion(model.features, x0, inversion, reference)
     if artifact_path is not None:
         scale = max(1, 64 // x0.shape[-1])
         save_inversion_grid(Path(artifact_path), x0, [result.reconstructions], scale=scale)
@@ -276,6 +279,9 @@ def evaluate_inversion(
 
 # Images averaged for an inversion's mean-image reference (the whole split when smaller).
 MEAN_IMAGE_SAMPLES = 1024
+# Each (source, data split, root)'s mean image, computed once per worker process: every network
+# and variant of a source shares it (1024 decodes of a file-backed source otherwise, each time).
+_MEAN_IMAGES: dict[tuple[object, ...], torch.Tensor] = {}
 
 
 def mean_image(images: ImageSet) -> torch.Tensor:

@@ -14,7 +14,8 @@ gives, which the tests check), computed here so that an evaluation worker does n
 torchmetrics (seconds per process). Beside them, the references that say what a number means:
 the same measures of the starting image and of the dataset's mean image (what is known without
 any information about the image: the "no information" line), the relative feature error of the
-start and of the end, and the objective's relative fall over the last tenth of the steps.
+start and of the end, and the objective's fall over the last tenth of the steps (a fraction of
+its starting value).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from torch.func import jvp
 
 from trainables.config import INVERSION_OPTIMIZERS, INVERSION_SCHEDULES, InversionConfig
 
-# The objective has settled when it fell by less than this fraction over the last tenth of
-# the steps.
+# The objective has settled when it moved (its largest minus smallest value) by less than this
+# fraction of its starting value over the last tenth of the steps.
 CONVERGED_BELOW = 0.01
 
 
@@ -68,12 +69,24 @@ class Inverted:
 
     @property
     def final_improvement(self) -> float:
-        """The objective's relative fall over the last tenth of the steps (0 = settled)."""
+        """The objective's fall over the last tenth of the steps, as a fraction of its value at
+        the start (0 = settled): relative to the start, not to the tail's own value, so that an
+        objective that falls toward 0 in a perfect reconstruction counts as settled."""
         if len(self.objective) < 2:
             return math.nan
         tail = max(1, len(self.objective) // 10)
         before, after = self.objective[-tail - 1], self.objective[-1]
-        return (before - after) / max(abs(before), 1e-12)
+        return (before - after) / max(abs(self.objective[0]), 1e-12)
+
+    @property
+    def final_spread(self) -> float:
+        """How far the objective moved within the last tenth of the steps (its largest minus
+        its smallest value there), as a fraction of its starting value: an iterate that hops
+        around the optimum moves, even when it ends where the tail began."""
+        if len(self.objective) < 2:
+            return math.nan
+        tail = self.objective[-max(1, len(self.objective) // 10) - 1 :]
+        return (max(tail) - min(tail)) / max(abs(self.objective[0]), 1e-12)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -214,6 +227,7 @@ def run_inversion(
         psnr_m, ssim_m = measure_reconstruction(x0, flat)
         mean_psnr, mean_ssim = _mean(psnr_m), _mean(ssim_m)
     improvement = inverted.final_improvement
+    spread = inverted.final_spread
     return InversionResult(
         reconstructions=inverted.x,
         psnr=_mean(psnr),
@@ -225,7 +239,8 @@ def run_inversion(
         start_ssim=_mean(start_ssim),
         start_relative_error=float(inverted.start_error.mean()),
         final_improvement=improvement,
-        converged=improvement < CONVERGED_BELOW,
+        # A fall, a rise or a hop: an objective that still moves has not settled.
+        converged=spread < CONVERGED_BELOW,
         mean_image_psnr=mean_psnr,
         mean_image_ssim=mean_ssim,
     )

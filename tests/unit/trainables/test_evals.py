@@ -285,3 +285,37 @@ def test_the_inversion_grid_is_torchvisions_save_image_pixel_for_pixel(tmp_path)
     images = F.interpolate(torch.cat([originals, *rows]).expand(-1, 3, -1, -1), scale_factor=2)
     save_image(images, str(tmp_path / "tv.png"), nrow=3, padding=2, pad_value=1.0)
     assert np.array_equal(np.asarray(Image.open(ours)), np.asarray(Image.open(tmp_path / "tv.png")))
+
+
+def test_the_inversion_settles_and_stands_beside_its_no_information_references() -> None:
+    from trainables.config import InversionConfig
+    from trainables.data import TensorImageSet
+    from trainables.evals import mean_image
+    from trainables.evals.inversion import psnr_per_image, run_inversion, ssim_per_image
+
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(6, 1, 16, 16, generator=gen)
+    train = torch.rand(40, 1, 16, 16, generator=gen)
+    mean = mean_image(TensorImageSet(train, np.zeros(40, dtype=np.int64)))
+    assert torch.allclose(mean, train.mean(0), atol=1e-6)
+
+    settled = run_inversion(lambda x: x.flatten(1), x0, InversionConfig(steps=300), mean)
+    assert settled.converged and abs(settled.final_improvement) < 0.01
+    # The references, by brute force: the mean image and the starting image against x0.
+    flat = mean.expand_as(x0)
+    assert settled.mean_image_psnr == pytest.approx(float(psnr_per_image(flat, x0).mean()))
+    assert settled.mean_image_ssim == pytest.approx(float(ssim_per_image(flat, x0).mean()))
+    start = (0.5 + torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)) / 20).clamp(
+        0, 1
+    )
+    assert settled.start_psnr == pytest.approx(float(psnr_per_image(start, x0).mean()))
+    assert settled.start_relative_error > settled.relative_error
+    assert settled.psnr > settled.mean_image_psnr  # identity features keep the whole image
+
+    # Fixed-size normalised steps never settle: they hop around the optimum to the last step.
+    hopping = run_inversion(
+        lambda x: x.flatten(1),
+        x0,
+        InversionConfig(steps=300, step_size=1.0, optimizer="normalized", schedule="constant"),
+    )
+    assert not hopping.converged and hopping.mean_image_psnr is None
