@@ -271,9 +271,17 @@ def welch_power(diff: float, sd_a: float, sd_b: float, n: int, level: float) -> 
 
     va, vb = sd_a**2 / n, sd_b**2 / n
     df = (va + vb) ** 2 / ((va**2 + vb**2) / (n - 1))
-    delta = diff / math.sqrt(va + vb)
+    # The power is symmetric in the sign of the difference: the near tail (the CI excludes 0 on
+    # the side of the true difference) and the far one. scipy's noncentral t returns NaN in a
+    # far tail at a large noncentrality (the far tail is then below 1e-15: 0) and may in the
+    # near one (then the normal approximation, exact to that precision there).
+    delta = abs(diff) / math.sqrt(va + vb)
     crit = float(stats.t.ppf(1.0 - (1.0 - level) / 2, df))
-    return float(stats.nct.sf(crit, df, delta) + stats.nct.cdf(-crit, df, delta))
+    near = float(stats.nct.sf(crit, df, delta))
+    if not math.isfinite(near):
+        near = float(stats.norm.sf(crit - delta))
+    far = float(stats.nct.cdf(-crit, df, delta))
+    return near + (far if math.isfinite(far) else 0.0)
 
 
 def seeds_to_decide(
