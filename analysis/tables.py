@@ -54,7 +54,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 
 # The schema version of study/sinks/parquet.py this analysis was written against; the contract
 # test tests/unit/analysis/test_analysis_contract.py keeps the two equal.
-KNOWN_SCHEMA_VERSION = 4
+KNOWN_SCHEMA_VERSION = 5
 VERSION_KEY = b"atsweep.schema_version"
 # study/sinks/parquet.py writes this key into the parquet key-value metadata of a compacted part:
 # a JSON list of the base names of the parts whose rows it holds (and which it then deletes).

@@ -244,6 +244,9 @@ register_table(
             pa.field("start_relative_error", pa.float64()),
             pa.field("final_improvement", pa.float64()),
             pa.field("converged", pa.bool_()),
+            # Schema v5: where the optimisation started and how many starts each image had.
+            pa.field("start", pa.string()),
+            pa.field("restarts", pa.int64()),
         ),
     )
 )

@@ -557,7 +557,9 @@ class InversionSpec(StrictModel):
     optimizer adam (step_size is its learning rate) or normalized (steps of L2 length
     step_size along the normalised gradient); schedule cosine decays the step size to 0 so that
     the reconstruction settles (the inversion table's final_improvement and converged say
-    whether it did), constant keeps it."""
+    whether it did), constant keeps it. start mean_image begins at the source's mean image (the
+    no-information guess) plus N(0, 1) / 20, noise at 0.5 + N(0, 1) / 20 (Engstrom et al.);
+    restarts runs that many starts per image and keeps the one of smallest feature error."""
 
     enabled: bool = True
     num_images: int = Field(8, ge=1, le=256)
@@ -565,6 +567,8 @@ class InversionSpec(StrictModel):
     step_size: float = Field(0.1, gt=0)
     optimizer: Literal["adam", "normalized"] = "adam"
     schedule: Literal["cosine", "constant"] = "cosine"
+    start: Literal["mean_image", "noise"] = "mean_image"
+    restarts: int = Field(1, ge=1, le=64)
     variants: list[InversionVariantSpec] = Field(
         [InversionVariantSpec(name="plain"), InversionVariantSpec(name="tv", tv_weight=0.05)],
         min_length=1,
@@ -591,6 +595,8 @@ class InversionSpec(StrictModel):
                     self.seed,
                     self.optimizer,
                     self.schedule,
+                    self.start,
+                    self.restarts,
                 ),
             )
             for v in self.variants

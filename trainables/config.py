@@ -235,6 +235,7 @@ class FinetuneConfig:
 FISHER_METHODS = ("exact", "hutchinson")
 INVERSION_OPTIMIZERS = ("adam", "normalized")
 INVERSION_SCHEDULES = ("cosine", "constant")
+INVERSION_STARTS = ("mean_image", "noise")
 WEIGHT_FISHER_TYPES = ("true", "empirical")
 
 
@@ -300,6 +301,9 @@ class InversionConfig:
     optimizer "adam": Adam on the pixels with learning rate step_size; "normalized": steps of
     L2 length step_size along the normalised gradient (Engstrom et al.'s). schedule "cosine"
     decays the step size to 0 over the steps, so that the iterates settle; "constant" keeps it.
+    start "mean_image": the source's mean image plus N(0, 1) / 20 (the no-information guess);
+    "noise": 0.5 + N(0, 1) / 20 (Engstrom et al.'s). restarts: independent starts per image,
+    of which the one with the smallest final feature error is kept.
     """
 
     steps: int = 400
@@ -309,6 +313,8 @@ class InversionConfig:
     seed: int = 0
     optimizer: str = "adam"
     schedule: str = "cosine"
+    start: str = "mean_image"
+    restarts: int = 1
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from study.evaluations import EVAL_TABLES, EvalTable
 from trainables import storage
 
 # 4: fisher.kind (the random-init reference rows) and the inversion's references.
-SCHEMA_VERSION = 4
+# 5: the inversion's start and restarts.
+SCHEMA_VERSION = 5
 
 _TRIAL_CONFIG = [
     pa.field("trial_key", pa.string(), nullable=False),

@@ -120,6 +120,9 @@ def test_the_demos_numbers_stand_beside_their_references(demo) -> None:  # type:
     untrained = tradeoff[tradeoff["row_kind"] == "random init"].iloc[0]
     assert untrained["input_fisher_mean"] > 0 and untrained["weight_fisher_mean"] > 0
     assert trained["psnr[mean image]_mean"].notna().all()
+    # The plain reconstructions of the most robust networks beat the no-information line.
+    robust = trained.loc[trained["eps"].astype(float).idxmax()]
+    assert robust["psnr[plain]_mean"] > robust["psnr[mean image]_mean"] + 2
     inversion = pd.read_parquet(results / "tables" / "inversion")
     assert inversion["converged"].all(), inversion[["eps", "variant", "final_improvement"]]
     claims = pd.read_csv(report / "claims.csv")

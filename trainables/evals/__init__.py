@@ -274,6 +274,8 @@ def evaluate_inversion(
         "start_relative_error": result.start_relative_error,
         "final_improvement": result.final_improvement,
         "converged": result.converged,
+        "start": inversion.start,
+        "restarts": inversion.restarts,
     }
 
 

@@ -1,9 +1,14 @@
 """Inversion of a representation (Engstrom et al. 2019; PAPER.md section 5).
 
 Reconstruct x0 from its representation R(x0): minimise ||R(x) - R(x0)|| / ||R(x0)|| over x in
-[0, 1], from x = 0.5 + N(0, 1) / 20, by Adam on the pixels (or Engstrom et al.'s
-normalised-gradient steps) with a step size that decays to 0 over the steps (cosine), so that the
-iterates settle and the last tenth of the steps says whether the objective still falls. Extra
+[0, 1] by Adam on the pixels (or Engstrom et al.'s normalised-gradient steps) with a step size
+that decays to 0 over the steps (cosine), so that the iterates settle and the last tenth of the
+steps says whether the objective still falls. The start is the source's mean image plus
+N(0, 1) / 20 by default, or Engstrom et al.'s 0.5 + N(0, 1) / 20: from the mean image the
+optimiser reaches smaller feature errors (measured on the demo's networks: 0.003-0.01 against
+0.01-0.05 from grey), and whatever the reconstruction gains over its start is what the
+representation told it. Several restarts per image may be run, keeping the one of smallest final
+feature error (the objective, not the unknown original, chooses). Extra
 regularisers can be added to the objective (total variation; a penalty on the input Fisher of
 the representation at x, estimated with one Hutchinson probe), so that the plain and the
 regularised reconstructions can be reported side by side.
@@ -28,7 +33,12 @@ from pathlib import Path
 import torch
 from torch.func import jvp
 
-from trainables.config import INVERSION_OPTIMIZERS, INVERSION_SCHEDULES, InversionConfig
+from trainables.config import (
+    INVERSION_OPTIMIZERS,
+    INVERSION_SCHEDULES,
+    INVERSION_STARTS,
+    InversionConfig,
+)
 
 # The objective has settled when it moved (its largest minus smallest value) by less than this
 # fraction of its starting value over the last tenth of the steps.
@@ -103,12 +113,45 @@ def step_size_at(cfg: InversionConfig, step: int) -> float:
     return cfg.step_size * 0.5 * (1.0 + math.cos(math.pi * step / cfg.steps))
 
 
+def starting_images(
+    x0: torch.Tensor,
+    cfg: InversionConfig,
+    gen: torch.Generator,
+    mean_image: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """cfg.restarts starting images for each image of x0, stacked restart-major (restart r of
+    image i at r * len(x0) + i): the source's mean image (or 0.5 for start "noise") plus
+    N(0, 1) / 20, clipped to [0, 1]. Restart 0 draws what a single start draws."""
+    if cfg.start not in INVERSION_STARTS:
+        raise ValueError(
+            f"inversion start {cfg.start!r} is not one of {', '.join(INVERSION_STARTS)}"
+        )
+    if cfg.restarts < 1:
+        raise ValueError(f"inversion restarts is {cfg.restarts}: it must be at least 1")
+    if cfg.start == "mean_image":
+        if mean_image is None:
+            raise ValueError("inversion start 'mean_image' needs the source's mean image")
+        centre = mean_image.to(x0.device, x0.dtype).expand_as(x0)
+    else:
+        centre = torch.full_like(x0, 0.5)
+    draws = [
+        torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+        for _ in range(cfg.restarts)
+    ]
+    return torch.cat([(centre + noise / 20).clamp(0.0, 1.0) for noise in draws])
+
+
 def invert_representation(
     feature_fn: Callable[[torch.Tensor], torch.Tensor],
     x0: torch.Tensor,
     cfg: InversionConfig,
+    mean_image: torch.Tensor | None = None,
 ) -> Inverted:
-    """Reconstructions of x0 from feature_fn(x0), with the objective's course."""
+    """Reconstructions of x0 from feature_fn(x0), with the objective's course. With restarts,
+    every start of every image is optimised in one batch (Adam and the normalised step act on
+    each image alone, so this is the same as optimising them one by one) and each image keeps
+    the reconstruction of smallest final feature error; the objective's course is the mean over
+    all of them."""
     if cfg.optimizer not in INVERSION_OPTIMIZERS:
         raise ValueError(
             f"inversion optimizer {cfg.optimizer!r} is not one of {', '.join(INVERSION_OPTIMIZERS)}"
@@ -118,6 +161,19 @@ def invert_representation(
             f"inversion schedule {cfg.schedule!r} is not one of {', '.join(INVERSION_SCHEDULES)}"
         )
     gen = torch.Generator(device=x0.device).manual_seed(cfg.seed)
+    start = starting_images(x0, cfg, gen, mean_image)
+    targets = x0.repeat(cfg.restarts, *([1] * (x0.dim() - 1)))
+    x, start_error, error, history = optimise_inversion(feature_fn, targets, start, cfg, gen)
+    # The restart of smallest final feature error, per image.
+    n = len(x0)
+    best = error.view(cfg.restarts, n).argmin(dim=0) * n + torch.arange(n, device=x0.device)
+    return Inverted(x[best], start[best], start_error[best], error[best], history)
+
+
+def _relative_error(
+    feature_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x -> ||R(x) - R(x0)|| / ||R(x0)|| per image."""
     with torch.no_grad():
         target = feature_fn(x0).flatten(1)
         target_norm = target.norm(dim=1).clamp_min(1e-12)
@@ -125,8 +181,22 @@ def invert_representation(
     def relative_error(x: torch.Tensor) -> torch.Tensor:
         return (feature_fn(x).flatten(1) - target).norm(dim=1) / target_norm
 
-    noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
-    start = (0.5 + noise / 20).clamp(0.0, 1.0)
+    return relative_error
+
+
+def optimise_inversion(
+    feature_fn: Callable[[torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    start: torch.Tensor,
+    cfg: InversionConfig,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
+    """Minimise the objective for each image of x0 from its start: the reconstructions, the
+    relative feature errors of the starts and of the reconstructions, and the mean objective at
+    every step (before its update)."""
+    relative_error = _relative_error(feature_fn, x0)
+    with torch.no_grad():
+        start_error = relative_error(start)
     x = start.clone().requires_grad_(True)
     adam = torch.optim.Adam([x], lr=cfg.step_size) if cfg.optimizer == "adam" else None
     shape = (-1, *([1] * (x0.dim() - 1)))
@@ -154,8 +224,7 @@ def invert_representation(
             x.clamp_(0.0, 1.0)
     with torch.no_grad():
         final = relative_error(x)
-        start_error = relative_error(start)
-    return Inverted(x.detach(), start, start_error, final, history)
+    return x.detach(), start_error, final, history
 
 
 def psnr_per_image(
@@ -218,7 +287,7 @@ def run_inversion(
     """Invert and measure: reconstructions with mean PSNR, SSIM and relative feature error, and
     the references: the starting images, the dataset's mean image (when given; shape (C, H, W)),
     the start's feature error and whether the objective settled."""
-    inverted = invert_representation(feature_fn, x0, cfg)
+    inverted = invert_representation(feature_fn, x0, cfg, mean_image)
     psnr, ssim = measure_reconstruction(x0, inverted.x)
     start_psnr, start_ssim = measure_reconstruction(x0, inverted.start)
     mean_psnr = mean_ssim = None

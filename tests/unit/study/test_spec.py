@@ -247,6 +247,19 @@ def test_free_is_not_an_evaluation_attack(tmp_path: Path) -> None:
         load_spec(write(tmp_path, raw))
 
 
+def test_the_inversion_starts_at_the_mean_image_unless_told_otherwise(tmp_path: Path) -> None:
+    raw = base_spec(tmp_path)
+    configs = [c for _, c in load_spec(write(tmp_path, raw)).evaluations.inversion.configs()]
+    assert {(c.start, c.restarts) for c in configs} == {("mean_image", 1)}
+    raw["evaluations"] = {"inversion": {"start": "noise", "restarts": 4}}
+    configs = [c for _, c in load_spec(write(tmp_path, raw)).evaluations.inversion.configs()]
+    assert {(c.start, c.restarts) for c in configs} == {("noise", 4)}
+    for bad, field in [({"start": "grey"}, "start"), ({"restarts": 0}, "restarts")]:
+        raw["evaluations"] = {"inversion": bad}
+        with pytest.raises(SpecError, match=rf"evaluations\.inversion\.{field}"):
+            load_spec(write(tmp_path, raw))
+
+
 def robustness_kinds(spec: SweepSpec) -> list[str]:
     source = spec.sources()[0]
     classes = len(source.classes) if source.classes else 10

@@ -200,7 +200,9 @@ def test_inverting_an_identity_network_recovers_the_input(tmp_path) -> None:  # 
     from trainables.evals.inversion import run_inversion, save_inversion_grid
 
     x0 = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    result = run_inversion(lambda x: x.flatten(1), x0, InversionConfig(steps=300, step_size=0.05))
+    result = run_inversion(
+        lambda x: x.flatten(1), x0, InversionConfig(steps=300, step_size=0.05, start="noise")
+    )
     assert result.psnr > 40
     assert result.ssim > 0.99
     assert ((result.reconstructions >= 0) & (result.reconstructions <= 1)).all()
@@ -216,12 +218,13 @@ def test_regularisers_change_the_reconstruction_and_tv_smooths_it() -> None:
 
     model = small_model(0)
     x0 = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    plain = run_inversion(model.features, x0, InversionConfig(steps=60, step_size=0.05))
+    mean = torch.full((1, 8, 8), 0.4)
+    plain = run_inversion(model.features, x0, InversionConfig(steps=60, step_size=0.05), mean)
     smooth = run_inversion(
-        model.features, x0, InversionConfig(steps=60, step_size=0.05, tv_weight=1.0)
+        model.features, x0, InversionConfig(steps=60, step_size=0.05, tv_weight=1.0), mean
     )
     fisher = run_inversion(
-        model.features, x0, InversionConfig(steps=20, step_size=0.05, fisher_weight=0.1)
+        model.features, x0, InversionConfig(steps=20, step_size=0.05, fisher_weight=0.1), mean
     )
     assert (
         total_variation(smooth.reconstructions).mean()
@@ -305,9 +308,8 @@ def test_the_inversion_settles_and_stands_beside_its_no_information_references()
     flat = mean.expand_as(x0)
     assert settled.mean_image_psnr == pytest.approx(float(psnr_per_image(flat, x0).mean()))
     assert settled.mean_image_ssim == pytest.approx(float(ssim_per_image(flat, x0).mean()))
-    start = (0.5 + torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)) / 20).clamp(
-        0, 1
-    )
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)) / 20
+    start = (mean + noise).clamp(0, 1)  # the default start: the mean image, jittered
     assert settled.start_psnr == pytest.approx(float(psnr_per_image(start, x0).mean()))
     assert settled.start_relative_error > settled.relative_error
     assert settled.psnr > settled.mean_image_psnr  # identity features keep the whole image
@@ -316,6 +318,44 @@ def test_the_inversion_settles_and_stands_beside_its_no_information_references()
     hopping = run_inversion(
         lambda x: x.flatten(1),
         x0,
-        InversionConfig(steps=300, step_size=1.0, optimizer="normalized", schedule="constant"),
+        InversionConfig(
+            steps=300, step_size=1.0, optimizer="normalized", schedule="constant", start="noise"
+        ),
     )
     assert not hopping.converged and hopping.mean_image_psnr is None
+    grey = (0.5 + noise).clamp(0, 1)  # Engstrom et al.'s start
+    assert hopping.start_psnr == pytest.approx(float(psnr_per_image(grey, x0).mean()))
+    with pytest.raises(ValueError, match="needs the source's mean image"):
+        run_inversion(lambda x: x.flatten(1), x0, InversionConfig(steps=2))
+
+
+def test_restarts_keep_for_each_image_the_start_of_smallest_feature_error() -> None:
+    from trainables.config import InversionConfig
+    from trainables.evals.inversion import (
+        invert_representation,
+        optimise_inversion,
+        starting_images,
+    )
+
+    model = small_model(0)
+    x0 = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    cfg = InversionConfig(steps=40, step_size=0.05, start="noise", restarts=3)
+    kept = invert_representation(model.features, x0, cfg)
+    # Brute force: each restart optimised on its own, from the starts the restarts draw.
+    starts = starting_images(x0, cfg, torch.Generator().manual_seed(cfg.seed)).split(len(x0))
+    alone = [
+        optimise_inversion(model.features, x0, s, cfg, torch.Generator().manual_seed(0))
+        for s in starts
+    ]
+    errors = torch.stack([error for _, _, error, _ in alone])  # (restart, image)
+    best = errors.argmin(dim=0)
+    assert len(set(best.tolist())) > 1  # the images do not all keep the same restart
+    assert torch.allclose(kept.error, errors.min(dim=0).values, rtol=1e-4, atol=1e-6)
+    for i, r in enumerate(best.tolist()):
+        assert torch.allclose(kept.x[i], alone[r][0][i], atol=1e-4)
+        assert torch.allclose(kept.start_error[i], alone[r][1][i], atol=1e-6)
+        assert torch.equal(kept.start[i], starts[r][i])
+    # Restart 0 is the single start's draw: one restart is the same optimisation.
+    single = invert_representation(model.features, x0, InversionConfig(40, 0.05, start="noise"))
+    assert torch.allclose(single.x, alone[0][0], atol=1e-4)
+    assert (kept.error <= single.error + 1e-6).all()
