@@ -19,8 +19,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/study run sweeps/demo.yaml
 
+# The unit tests (no Ray, no server; one torch thread each) in one worker process per core;
+# then everything else, one test at a time (each starts its own Ray, servers and `study`
+# processes, which use the cores themselves).
+UNIT_WORKERS := $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)))')
+
 test: $(STAMP)
-	$(BIN)/python -m pytest --durations=12
+	$(BIN)/python -m pytest -m unit -n $(UNIT_WORKERS) --durations=12
+	$(BIN)/python -m pytest -m "not unit" --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py --json benchmarks/training.json
