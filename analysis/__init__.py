@@ -32,6 +32,7 @@ from analysis.stats import (
 )
 from analysis.tables import (
     DuplicateRowsWarning,
+    RemeasuredWarning,
     TableChangingError,
     format_tradeoff,
     load_table,
@@ -43,6 +44,7 @@ __all__ = [
     "COLUMNS_READ",
     "KNOWN_SCHEMA_VERSION",
     "DuplicateRowsWarning",
+    "RemeasuredWarning",
     "Report",
     "SchemaVersionError",
     "TableChangingError",

@@ -191,7 +191,8 @@ def load_tables(results_dir: str | Path) -> dict[str, pd.DataFrame]:
     """Every table of a study, each with the columns analysis reads.
 
     Read by load_table, so a part from a newer schema version raises SchemaVersionError naming
-    the file, and each row is read once (duplicate keys left out with a DuplicateRowsWarning).
+    the file, and each row is read once (duplicate keys left out with a DuplicateRowsWarning);
+    a measurement taken again under other settings counts once, the latest (drop_remeasured).
     """
     tables = drop_superseded(
         {name: ensure_columns(load_table(results_dir, name), name) for name in TABLES}

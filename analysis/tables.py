@@ -314,15 +314,48 @@ def superseded_imports(trials: pd.DataFrame) -> set[str]:
     return set(latest.loc[older, "trial_key"])
 
 
+class RemeasuredWarning(UserWarning):
+    """Rows of a table that a later row measured again under other settings; the analysis left
+    them out (they stay in the table)."""
+
+
+# The columns that name one measurement of a trained network whatever its settings. A change of
+# settings (the spec's, or a default's: the inversion's start in schema v5) gives the same
+# measurement a new eval_key, so the study computes it again and the table holds both rows; the
+# analysis counts the latest of them, once.
+MEASUREMENT = {
+    "inversion": ("trial_key", "variant"),
+    "robustness": ("trial_key", "eval_attack", "eval_eps"),
+}
+
+
+def drop_remeasured(name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """df without the rows that a later row of the same MEASUREMENT replaced (load_table keeps
+    the order in which rows were written), with one RemeasuredWarning naming the count."""
+    columns = list(MEASUREMENT.get(name, ()))
+    if not columns or df.empty or not set(columns) <= set(df.columns):
+        return df
+    older = df.duplicated(columns, keep="last")
+    if older.any():
+        warnings.warn(
+            f"{int(older.sum())} {name} rows were measured again later under other settings "
+            f"(same {', '.join(columns)}, another eval_key: a changed spec or default); the "
+            "analysis counts the latest of each",
+            RemeasuredWarning,
+            stacklevel=3,
+        )
+    return df[~older]
+
+
 def drop_superseded(tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Every table without the rows of superseded imported networks (superseded_imports)."""
+    """Every table without the rows of superseded imported networks (superseded_imports) and
+    without the rows measured again later under other settings (drop_remeasured)."""
     gone = superseded_imports(tables.get("trials", pd.DataFrame()))
-    if not gone:
-        return dict(tables)
-    return {
-        name: df[~df["trial_key"].isin(gone)] if "trial_key" in df.columns else df
+    out = {
+        name: df[~df["trial_key"].isin(gone)] if gone and "trial_key" in df.columns else df
         for name, df in tables.items()
     }
+    return {name: drop_remeasured(name, df) for name, df in out.items()}
 
 
 def split_fisher(fisher: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

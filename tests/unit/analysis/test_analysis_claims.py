@@ -194,8 +194,6 @@ FIXED_FALL = {0.0: np.array([0.9, 0.91, 0.92]), 1.0: np.array([0.5, 0.51, 0.52])
 
 
 def test_the_power_of_a_large_effect_rises_with_the_seeds_and_never_reads_nan() -> None:
-    import itertools
-
     from analysis.stats import MAX_SEEDS, seeds_to_decide, welch_power
 
     # The demo's plain PSNR at eps 1 and 0 (3 seeds): scipy's noncentral t gives NaN in the

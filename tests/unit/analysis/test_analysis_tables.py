@@ -174,3 +174,60 @@ def test_the_tradeoff_table_lists_the_fisher_and_inversion_references(tmp_path: 
     assert "feature_error[plain]_mean" in table.columns
     text = format_tradeoff(table)
     assert "input_fisher" in text and "psnr[mean image]" in text
+
+
+def test_a_measurement_taken_again_under_other_settings_counts_once_the_latest(
+    tmp_path: Path,
+) -> None:
+    from analysis.claims import check_claims
+    from analysis.stats import load_tables
+    from analysis.tables import RemeasuredWarning
+    from tests.analysis_study import SEEDS, grid, write_table
+
+    # Written first: inversions from the grey start and PGD on 100 images; then the same
+    # measurements under new settings (new eval_keys), as a study recomputes them after a
+    # change of its spec or of a default.
+    build_study(
+        tmp_path,
+        seeds=SEEDS,
+        inversion={
+            "plain": (noisy(dict.fromkeys(EPS, 7.0), 0.1), noisy(dict.fromkeys(EPS, 0.2), 0))
+        },
+    )
+    rising = {0.0: 12.0, 0.25: 14.0, 0.5: 16.0, 1.0: 18.0}
+    later, robust = [], {"old": [], "new": []}
+    for e in EPS:
+        for s in SEEDS:
+            g = grid(e, s)
+            later.append(
+                {
+                    **g,
+                    "eval_key": f"inv2-{g['trial_key']}",
+                    "variant": "plain",
+                    "psnr": noisy(rising, 0.1)(e, s),
+                    "ssim": 0.5,
+                }
+            )
+            for age, acc in (("old", 0.3), ("new", 0.6)):
+                robust[age].append(
+                    {
+                        **g,
+                        "eval_key": f"rob-{age}-{g['trial_key']}",
+                        "eval_attack": "pgd20",
+                        "eval_eps": 0.5,
+                        "robust_acc": acc,
+                    }
+                )
+    write_table(tmp_path, "inversion", later, part=1)
+    write_table(tmp_path, "robustness", robust["old"], part=0)
+    write_table(tmp_path, "robustness", robust["new"], part=1)
+
+    with pytest.warns(RemeasuredWarning, match="12 inversion rows were measured again"):
+        table = tradeoff_table(tmp_path)
+    assert trained_means(table, "psnr[plain]_mean") == pytest.approx(rising)
+    assert set(table.loc[table["row_kind"] == "trained", "psnr[plain]_n"]) == {3}
+    assert trained_means(table, "robust[pgd20@0.5]_mean") == pytest.approx(dict.fromkeys(EPS, 0.6))
+    with pytest.warns(RemeasuredWarning, match="12 robustness rows"):
+        claims = check_claims(load_tables(tmp_path))
+    c6 = claims[(claims["claim"] == "C6") & (claims["statistic"] == "delta_psnr")].iloc[0]
+    assert c6["value"] == pytest.approx(6.0) and c6["n_seeds"] == 3
