@@ -77,6 +77,10 @@ class Inverted:
     error: torch.Tensor
     objective: list[float]
 
+    def _tail(self) -> list[float]:
+        """The objective over the last tenth of the steps, from the value before them."""
+        return self.objective[-max(1, len(self.objective) // 10) - 1 :]
+
     @property
     def final_improvement(self) -> float:
         """The objective's fall over the last tenth of the steps, as a fraction of its value at
@@ -84,9 +88,8 @@ class Inverted:
         objective that falls toward 0 in a perfect reconstruction counts as settled."""
         if len(self.objective) < 2:
             return math.nan
-        tail = max(1, len(self.objective) // 10)
-        before, after = self.objective[-tail - 1], self.objective[-1]
-        return (before - after) / max(abs(self.objective[0]), 1e-12)
+        tail = self._tail()
+        return (tail[0] - tail[-1]) / max(abs(self.objective[0]), 1e-12)
 
     @property
     def final_spread(self) -> float:
@@ -95,7 +98,7 @@ class Inverted:
         around the optimum moves, even when it ends where the tail began."""
         if len(self.objective) < 2:
             return math.nan
-        tail = self.objective[-max(1, len(self.objective) // 10) - 1 :]
+        tail = self._tail()
         return (max(tail) - min(tail)) / max(abs(self.objective[0]), 1e-12)
 
 
