@@ -31,6 +31,7 @@ from trainables.config import (
     RobustnessConfig,
     TrainConfig,
     compute_key,
+    file_pipeline,
     to_canonical,
 )
 
@@ -324,14 +325,14 @@ def _probe_summary(result: Row) -> str:
 # ----- linear transfer and fine-tuning (PAPER.md section 3) ---------------------------------------
 def transfer_key(trial_key: str, target: DatasetRef, data: DataConfig, probe: ProbeConfig) -> str:
     """The eval_key of a linear probe of one trained network on one target."""
-    return compute_key("transfer", trial_key, target, data, probe)
+    return compute_key("transfer", trial_key, target, data, probe, *file_pipeline(target))
 
 
 def finetune_key(
     trial_key: str, target: DatasetRef, data: DataConfig, finetune: FinetuneConfig
 ) -> str:
     """The eval_key of full fine-tuning of a network on one target."""
-    return compute_key("finetune", trial_key, target, data, finetune)
+    return compute_key("finetune", trial_key, target, data, finetune, *file_pipeline(target))
 
 
 def plan_transfer(ctx: PlanContext, cfg: TrainConfig, checkpoint: str) -> list[PlannedEval]:
@@ -378,12 +379,21 @@ def plan_finetune(ctx: PlanContext, cfg: TrainConfig, checkpoint: str) -> list[P
 # ----- the baselines: raw pixels and a randomly initialised network (PAPER.md section 3) ---------
 def raw_pixel_key(target: DatasetRef, data: DataConfig, probe: ProbeConfig) -> str:
     """The eval_key of the raw-pixel baseline of one target."""
-    return compute_key("raw_pixels", target, data, probe)
+    return compute_key("raw_pixels", target, data, probe, *file_pipeline(target))
 
 
 def random_init_key(cfg: TrainConfig, target: DatasetRef, probe: ProbeConfig) -> str:
     """The eval_key of the random-init baseline: same arch and source statistics, seed, target."""
-    return compute_key("random_init", cfg.source, cfg.arch, cfg.seed, target, cfg.data, probe)
+    return compute_key(
+        "random_init",
+        cfg.source,
+        cfg.arch,
+        cfg.seed,
+        target,
+        cfg.data,
+        probe,
+        *file_pipeline(cfg.source, target),
+    )
 
 
 def plan_raw_pixels(ctx: PlanContext) -> list[PlannedEval]:
@@ -470,7 +480,15 @@ def plan_fisher(ctx: PlanContext, cfg: TrainConfig, checkpoint: str) -> list[Pla
 
 def random_init_fisher_key(cfg: TrainConfig, fisher: FisherConfig) -> str:
     """The eval_key of the Fisher reference of an untrained network: arch, source, seed, data."""
-    return compute_key("fisher_random_init", cfg.source, cfg.arch, cfg.seed, cfg.data, fisher)
+    return compute_key(
+        "fisher_random_init",
+        cfg.source,
+        cfg.arch,
+        cfg.seed,
+        cfg.data,
+        fisher,
+        *file_pipeline(cfg.source),
+    )
 
 
 def plan_random_init_fisher(ctx: PlanContext) -> list[PlannedEval]:

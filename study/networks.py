@@ -24,6 +24,7 @@ from study.spec import (
     SpecError,
     SweepSpec,
 )
+from trainables import storage
 from trainables.config import ImportedConfig, LoadRequest, standard_eps
 
 # How to install the optional package without its pins (which would replace this project's
@@ -55,8 +56,10 @@ class Network:
 
 
 def checkpoint_cache(load: LoadRequest) -> Path:
-    """Where downloaded checkpoints are kept: the data root, or ~/.cache/atsweep without one."""
-    return Path(load.root) if load.root else Path.home() / ".cache" / "atsweep"
+    """Where downloaded checkpoints are kept: a local data root, else ~/.cache/atsweep."""
+    if load.root and not storage.is_uri(load.root):
+        return Path(load.root)
+    return Path.home() / ".cache" / "atsweep"
 
 
 def robustbench_path(entry: NetworkSpec, load: LoadRequest) -> Path:

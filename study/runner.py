@@ -40,9 +40,12 @@ Printer = Callable[[str], None]
 
 
 def load_request(spec: SweepSpec) -> LoadRequest:
-    """Where the study's datasets are (data.root resolved against the working directory)."""
-    root = str(Path(spec.data.root).expanduser().resolve()) if spec.data.root else None
-    return LoadRequest(root=root, download=spec.data.download)
+    """Where the study's datasets are (a local data.root resolved against the working
+    directory; a URI as it is, copied into each node's cache by the processes that read it)."""
+    root = spec.data.root
+    if root and not storage.is_uri(root):
+        root = str(Path(root).expanduser().resolve())
+    return LoadRequest(root=root or None, download=spec.data.download, workers=spec.data.workers)
 
 
 def check_data(spec: SweepSpec, load: LoadRequest) -> None:

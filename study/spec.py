@@ -19,7 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from trainables import storage
-from trainables.catalog import get_dataset_info, list_datasets, list_models
+from trainables.catalog import (
+    STANDARD_RECIPE_SIZE,
+    get_dataset_info,
+    list_datasets,
+    list_models,
+)
 from trainables.config import (
     FISHER_METHODS,
     WEIGHT_FISHER_TYPES,
@@ -263,13 +268,17 @@ class TrainingSpec(StrictModel):
     schedule: Literal["constant", "step", "cosine"] = "step"
     step_every: int = Field(50, ge=1)
     step_gamma: float = Field(0.1, gt=0, le=1)
-    augment: Literal["none", "flip", "crop_flip", "resized_crop_flip"] = "crop_flip"
+    # standard: each source's own recipe, crop_flip below 128 px (CIFAR), resized_crop_flip
+    # from 128 px (ImageNet: RandomResizedCrop of the decoded image; trainables.data.loader).
+    augment: Literal["standard", "none", "flip", "crop_flip", "resized_crop_flip"] = "standard"
     crop_padding: int = Field(4, ge=0)
     attack: AttackSpec = AttackSpec()
     eval_attack: AttackSpec = AttackSpec(steps=20)
     deterministic: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: Literal["auto", "true", "false"] = "auto"
+    # torch.compile of the network in the training step and the attack (not part of a key).
+    compile: bool = False
     # The per-epoch robust (eval_attack) test accuracy every N epochs and at the last one; the
     # clean accuracy is measured every epoch. Not part of a trial's key: the network is the same.
     robust_eval_every: int = Field(1, ge=1)
@@ -291,9 +300,19 @@ class TrainingSpec(StrictModel):
             precision=self.precision,
             channels_last=self.channels_last,
             robust_eval_every=self.robust_eval_every,
+            compile=self.compile,
         )
 
-    def to_config(self) -> OptimConfig:
+    def augment_for(self, source: DatasetRef | None) -> str:
+        """The augmentation of a source's trials: augment, with standard resolved by the
+        source's resolution (crop_flip below 128 px, resized_crop_flip from 128 px)."""
+        if self.augment != "standard":
+            return self.augment
+        if source is not None and get_dataset_info(source.name).size >= STANDARD_RECIPE_SIZE:
+            return "resized_crop_flip"
+        return "crop_flip"
+
+    def to_config(self, source: DatasetRef | None = None) -> OptimConfig:
         return OptimConfig(
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -304,7 +323,7 @@ class TrainingSpec(StrictModel):
             schedule=self.schedule,
             step_every=self.step_every,
             step_gamma=self.step_gamma,
-            augment=self.augment,
+            augment=self.augment_for(source),
             crop_padding=self.crop_padding,
         )
 
@@ -318,6 +337,9 @@ class DataSpec(StrictModel):
 
     root: str | None = None
     download: bool = False
+    # Processes that decode file-backed datasets, per trial or evaluation (None: by the CPUs
+    # it holds, one always kept for itself; in-memory datasets use none). Not part of a key.
+    workers: int | None = Field(None, ge=0)
     test_fraction: float = Field(0.3, gt=0, lt=1)
     split_seed: int = Field(0, ge=0)
     max_per_class: int | None = Field(None, ge=1)
@@ -1083,7 +1105,7 @@ class SweepSpec(StrictModel):
             norm=se.norm,
             eps=0.0,
             seed=se.seed,
-            optim=self.training.to_config(),
+            optim=self.training.to_config(se.source.to_ref()),
             attack=self.training.attack.to_config(),
             eval_attack=self.training.eval_attack.to_config(),
             data=self.data.to_config(),
@@ -1159,12 +1181,12 @@ class SweepSpec(StrictModel):
         g = self.grid
         if g is None:
             return []
-        optim = self.training.to_config()
         attacks = [a.to_config() for a in (g.attacks or [self.training.attack])]
         eval_attack = self.training.eval_attack.to_config()
         data = self.data.to_config()
         # Each axis converted once, not once per cell: the cells share these frozen values.
         sources = [src.to_ref() for src in g.sources]
+        optims = {src: self.training.to_config(src) for src in sources}
         archs = [arch.to_ref() for arch in g.archs]
         radii = [float(eps) for eps in g.eps]
         deterministic = self.training.deterministic
@@ -1175,7 +1197,7 @@ class SweepSpec(StrictModel):
                 norm=norm,
                 eps=eps,
                 seed=seed,
-                optim=optim,
+                optim=optims[src],
                 attack=attack,
                 eval_attack=eval_attack,
                 data=data,

@@ -230,6 +230,30 @@ def write_image_folder(
     return {"x": np.stack(images), "y": np.asarray(labels, dtype=np.int64)}
 
 
+def write_jpeg_folder(
+    folder: Path, classes: list[str], per_class: int, sides: tuple[int, int], seed: int = 0
+) -> list[Path]:
+    """folder/CLASS/img_K.JPEG of ImageNet's kind: RGB JPEGs (quality 90) of varied sizes and
+    aspect ratios, each side drawn from `sides`; smooth colour fields plus noise, so that a
+    resize and a crop have structure to keep. The paths in ImageFolder's sorted order."""
+    rng = np.random.default_rng(seed)
+    paths: list[Path] = []
+    for cls in sorted(classes):
+        for k in range(per_class):
+            h, w = (int(v) for v in rng.integers(sides[0], sides[1] + 1, size=2))
+            yy, xx = np.mgrid[0:h, 0:w]
+            phase = rng.uniform(0, 2 * np.pi, size=3)
+            field = np.stack(
+                [np.sin(xx / (9 + 5 * c) + yy / (13 + 3 * c) + phase[c]) for c in range(3)], -1
+            )
+            pixels = 127 + 90 * field + rng.normal(0, 12, size=(h, w, 3))
+            path = folder / cls / f"img_{k}.JPEG"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+            paths.append(path)
+    return paths
+
+
 def write_imagenet(
     root: Path, wnids: list[str], n_train: int = 2, n_val: int = 1, size: int = 40
 ) -> Arrays:

@@ -29,7 +29,14 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     description: str
+    # Read from image files (decoded per item, through worker processes) rather than held in
+    # memory: its train and test views follow trainables.data.loader's recipe.
+    files: bool = False
 
+
+# Datasets of this side and more get the ImageNet recipe (trainables.data.loader): resize 256 and
+# centre crop 224 at test time, RandomResizedCrop as the standard train augmentation.
+STANDARD_RECIPE_SIZE = 128
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,7 +44,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def _imagenet_sized(name: str, num_classes: int, description: str) -> DatasetInfo:
     """A file-based dataset read as 224x224 RGB crops with ImageNet's statistics."""
-    return DatasetInfo(name, num_classes, 3, 224, IMAGENET_MEAN, IMAGENET_STD, description)
+    return DatasetInfo(
+        name, num_classes, 3, 224, IMAGENET_MEAN, IMAGENET_STD, description, files=True
+    )
 
 
 _BUILTIN_DATASETS = (
@@ -154,6 +163,7 @@ _BUILTIN_DATASETS = (
         (0.2421, 0.2383, 0.2587),
         "CINIC-10: CIFAR-10 classes from CIFAR and downsampled ImageNet, 32x32 (Darlow et al., "
         "2018), in ROOT/cinic10/{train,test}/CLASS",
+        files=True,
     ),
     _imagenet_sized(
         "cub200",

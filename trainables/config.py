@@ -21,6 +21,26 @@ from typing import Any
 # are not reused for new semantics.
 KEY_VERSION = 1
 
+# Bumped when the way image files become tensors changes (the train and test views of
+# trainables.data.loader): only the keys that involve a file-backed dataset carry it, so that
+# in-memory sources and targets keep theirs. 2: resize 256 + centre crop 224 at test time,
+# RandomResizedCrop on the decoded image at train time.
+FILE_PIPELINE_VERSION = 2
+
+
+def file_pipeline(*datasets: DatasetRef) -> tuple[dict[str, int], ...]:
+    """The key part that versions the file pipeline: one entry when any dataset is read from
+    image files, none otherwise (a name not registered in this process counts as in memory)."""
+    from trainables.catalog import get_dataset_info
+
+    for ref in datasets:
+        try:
+            if get_dataset_info(ref.name).files:
+                return ({"file_pipeline": FILE_PIPELINE_VERSION},)
+        except KeyError:
+            continue
+    return ()
+
 
 @dataclass(frozen=True)
 class DatasetRef:
@@ -139,7 +159,7 @@ class TrainConfig:
     def key(self) -> str:
         """The trial_key: computed once per object (a frozen config never changes), kept in the
         instance's __dict__ beside the fields, never in asdict, to_canonical, == or a pickle."""
-        return compute_key("train", self)
+        return compute_key("train", self, *file_pipeline(self.source))
 
     @property
     def attack_id(self) -> str:
@@ -182,7 +202,7 @@ class ImportedConfig(TrainConfig):
         """The trial_key of an imported network: its file's sha256, labels and data split."""
         canonical = to_canonical(self)
         canonical.pop("name")
-        return compute_key("imported", canonical)
+        return compute_key("imported", canonical, *file_pipeline(self.source))
 
     @property
     def attack_id(self) -> str:
@@ -197,8 +217,10 @@ class ImportedConfig(TrainConfig):
 class RunOptions:
     """How a trial runs on its device; not part of its key (results agree up to rounding).
 
-    precision auto: bf16 autocast on CUDA, fp32 on the CPU (bf16 on a CPU is many times slower);
-    channels_last auto: on for CUDA convolution nets, off on the CPU.
+    precision auto: bf16 autocast on CUDA and on a CPU with native bf16 (AVX-512 BF16 or AMX,
+    as torch reports it), fp32 elsewhere (emulated bf16 is many times slower than fp32);
+    channels_last auto: on wherever bf16 is. compile: the network through torch.compile, in the
+    attack and the weight update alike (off by default; benchmarks/bench_data.py measures it).
     robust_eval_every: the per-epoch PGD test accuracy every this many epochs and at the last
     (it costs about as much as the training epoch on small data); NaN in the other epochs.
     """
@@ -206,6 +228,7 @@ class RunOptions:
     precision: str = "auto"
     channels_last: str = "auto"
     robust_eval_every: int = 1
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -412,6 +435,9 @@ class LoadRequest:
 
     root: str | None = None
     download: bool = False
+    # Worker processes that decode a file-backed dataset (None: by the CPUs the process holds;
+    # trainables.data.loader.plan_workers). In-memory datasets need none.
+    workers: int | None = None
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -26,7 +28,14 @@ from torch.nn import functional as F
 from trainables.attacks import clip_to_box, get_threat_model, pgd
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import AttackConfig, OptimConfig, RunOptions, TrainConfig, to_canonical
-from trainables.data import ImageSet, Splits, augment_batch, random_resized_crop_batch
+from trainables.data import (
+    ImageSet,
+    Splits,
+    augment_batch,
+    random_resized_crop_batch,
+    to_unit_float,
+)
+from trainables.data.loader import Batches, cpu_share, plan_workers, requested_workers, view_seeds
 from trainables.models import Classifier, ModelInput, build_model
 
 AUGMENTATIONS = ("none", "flip", "crop_flip", "resized_crop_flip")
@@ -112,21 +121,48 @@ def attack_batch(
     )
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), as oneDNN reports it:
+    there bf16 matmuls and convolutions run several times faster than fp32; elsewhere they are
+    emulated and many times slower."""
+    try:
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class DeviceSetup:
-    """Precision and memory format for the device (bf16 and channels_last only on CUDA)."""
+    """Precision and memory format for the device.
+
+    precision auto: bf16 autocast on CUDA and on a CPU with native bf16, fp32 elsewhere; bf16:
+    bf16 wherever (on a CPU without native bf16 it is emulated: slow, with a warning); fp32.
+    channels_last auto follows bf16; true and false force it.
+    """
 
     def __init__(self, device: torch.device, options: RunOptions) -> None:
-        cuda = device.type == "cuda"
         if options.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"unknown precision {options.precision!r}: choose auto, fp32, bf16")
-        # bf16 on a CPU is 30-100x slower than fp32 here: never on the CPU.
-        self.bf16 = cuda and options.precision in ("auto", "bf16")
-        self.channels_last = cuda and options.channels_last in ("auto", "true")
+        if options.channels_last not in ("auto", "true", "false"):
+            raise ValueError(
+                f"unknown channels_last {options.channels_last!r}: choose auto, true, false"
+            )
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        self.bf16 = options.precision == "bf16" or (options.precision == "auto" and native)
+        if self.bf16 and not native:
+            warnings.warn(
+                f"precision bf16 on a {device.type} without native bf16: it is emulated, many "
+                "times slower than fp32 (precision auto chooses fp32 here)",
+                stacklevel=2,
+            )
+        cl = options.channels_last
+        self.channels_last = cl == "true" or (cl == "auto" and self.bf16)
         self.device = device
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.bf16:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def prepare_model(self, model: ModuleT) -> ModuleT:
@@ -139,18 +175,19 @@ class DeviceSetup:
 
 
 def iterate_minibatches(
-    images: ImageSet, batch_size: int, order: np.ndarray, setup: DeviceSetup
+    batches: Batches, order: np.ndarray, setup: DeviceSetup, seeds: np.ndarray | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(x, y) on the device, in the given order."""
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        x = setup.prepare_batch(images.get_batch(idx))
-        yield x, torch.from_numpy(images.targets[idx]).to(setup.device)
+    """(x float in [0, 1], y) on the device, in the given order (uint8 batches of a file-backed
+    set cross to the device as uint8 and become float there)."""
+    targets = batches.images.targets
+    for x, idx in batches(order, seeds):
+        x = to_unit_float(setup.prepare_batch(x))
+        yield x, torch.from_numpy(targets[idx]).to(setup.device)
 
 
 def compute_accuracy(
     model: nn.Module,
-    images: ImageSet,
+    images: ImageSet | Batches,
     *,
     norm: str,
     eps: float,
@@ -162,18 +199,23 @@ def compute_accuracy(
     """Top-1 accuracy in eval mode, on clean inputs (attack None) or under the attack."""
     model.eval()
     correct = 0
-    for xb, yb in iterate_minibatches(images, batch_size, np.arange(len(images)), setup):
+    batches = images if isinstance(images, Batches) else Batches(images, batch_size)
+    n = len(batches.images)
+    for xb, yb in iterate_minibatches(batches, np.arange(n), setup):
         with setup.autocast():
             if attack is not None:
                 xb = attack_batch(model, xb, yb, norm, eps, attack, generator)
             with torch.no_grad():
                 correct += int((model(xb).argmax(1) == yb).sum())
-    return correct / max(len(images), 1)
+    return correct / max(n, 1)
 
 
-def augment(x: torch.Tensor, cfg: OptimConfig, generator: torch.Generator) -> torch.Tensor:
-    """The configured tensor augmentation (none, flip, crop_flip, resized_crop_flip)."""
-    if cfg.augment == "none":
+def augment(
+    x: torch.Tensor, cfg: OptimConfig, generator: torch.Generator, decoded: bool = False
+) -> torch.Tensor:
+    """The configured tensor augmentation (none, flip, crop_flip, resized_crop_flip); decoded:
+    the batch is a file-backed set's train view, already cropped and flipped by the loader."""
+    if cfg.augment == "none" or (decoded and cfg.augment == "resized_crop_flip"):
         return x
     if cfg.augment == "flip":
         return augment_batch(x, generator, crop_padding=0, flip=True)
@@ -247,6 +289,7 @@ def run_training(
     set_determinism(cfg.deterministic, device)
     model = build_model_for(cfg, splits)
     model = setup.prepare_model(model)
+    net = compiled(model, options, device)
     optimizer = build_optimizer(model, cfg.optim)
     start_epoch = 0
     history: list[dict[str, float]] = []
@@ -255,22 +298,87 @@ def run_training(
         start_epoch = int(manifest["epoch"]) + 1
         history = list(manifest.get("history", []))
     batch = cfg.optim.batch_size
-    n_train = len(splits.train)
-    steps_per_epoch = max(1, math.ceil(n_train / batch))
+    # File-backed sets are decoded by worker processes, which take CPUs from this process's
+    # torch threads; the test pass's workers run only while it does.
+    workers = plan_workers(requested_workers(splits.train), torch.get_num_threads(), device.type)
+    cuda = device.type == "cuda"
+    train_data = Batches(
+        splits.train,
+        batch,
+        workers=workers,
+        pin_memory=cuda,
+        train_view=cfg.optim.augment == "resized_crop_flip",
+    )
+    test_data = Batches(splits.test, 512, workers=workers, pin_memory=cuda, persistent=False)
+    try:
+        with cpu_share(train_data.workers):
+            _train_epochs(
+                cfg,
+                net,
+                model,
+                optimizer,
+                train_data,
+                test_data,
+                reporter,
+                setup,
+                options,
+                start_epoch=start_epoch,
+                history=history,
+                workdir=workdir,
+            )
+    finally:
+        train_data.close()
+    return model
+
+
+def compiled(model: nn.Module, options: RunOptions, device: torch.device) -> nn.Module:
+    """The network as the training step and the attack call it: torch.compile'd when
+    options.compile is on (the parameters are the model's own: its checkpoint is unchanged)."""
+    if not options.compile:
+        return model
+    if device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++")):
+        raise RuntimeError(
+            "training.compile: true on the CPU needs a C++ compiler for torch.compile's code "
+            "(none on PATH): install g++, or set training.compile: false"
+        )
+    return torch.compile(model)  # type: ignore[return-value]
+
+
+def _train_epochs(
+    cfg: TrainConfig,
+    net: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_data: Batches,
+    test_data: Batches,
+    reporter: Reporter,
+    setup: DeviceSetup,
+    options: RunOptions,
+    *,
+    start_epoch: int,
+    history: list[dict[str, float]],
+    workdir: Path | None,
+) -> None:
+    """The epochs from start_epoch on: train, measure, checkpoint and report each."""
+    device = setup.device
+    n_train = len(train_data.images)
+    steps_per_epoch = max(1, math.ceil(n_train / cfg.optim.batch_size))
     config_json = to_canonical(asdict(cfg))
     threat = get_threat_model(cfg.norm)
     free = FreeState()
+    decoded = train_data.file_backed and train_data.train_view
 
     for epoch in range(start_epoch, cfg.optim.epochs):
         t0 = time.perf_counter()
         cpu_gen = seeded_generator(cfg.seed, 0, epoch, torch.device("cpu"))
         order = torch.randperm(n_train, generator=cpu_gen).numpy()
         aug_gen = seeded_generator(cfg.seed, 3, epoch, torch.device("cpu"))
+        seeds = view_seeds(n_train, aug_gen) if decoded else None
         attack_gen = seeded_generator(cfg.seed, 1, epoch, device)
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        for step, (xb, yb) in enumerate(iterate_minibatches(splits.train, batch, order, setup)):
-            xb = augment(xb, cfg.optim, aug_gen)
+        for step, (xb, yb) in enumerate(iterate_minibatches(train_data, order, setup, seeds)):
+            xb = augment(xb, cfg.optim, aug_gen, decoded)
             for group in optimizer.param_groups:
                 group["lr"] = compute_lr(cfg.optim, epoch, step, steps_per_epoch)
             if cfg.attack.method == "free" and cfg.eps > 0:
@@ -280,7 +388,7 @@ def run_training(
                 for _ in range(cfg.attack.replays):
                     delta = delta.detach().requires_grad_(True)
                     with setup.autocast():
-                        logits = model(xb + delta)
+                        logits = net(xb + delta)
                         loss = F.cross_entropy(logits, yb)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -294,7 +402,7 @@ def run_training(
                         delta = clip_to_box(xb, delta)
                 free.delta[: len(xb)] = delta.detach()  # type: ignore[index]
             else:
-                loss, logits = training_step(model, optimizer, xb, yb, cfg, setup, attack_gen)
+                loss, logits = training_step(net, optimizer, xb, yb, cfg, setup, attack_gen)
             loss_sum += float(loss.detach()) * len(yb)
             correct += int((logits.detach().argmax(1) == yb).sum())
             seen += len(yb)
@@ -307,8 +415,8 @@ def run_training(
             "train/loss": loss_sum / max(seen, 1),
             "train/acc": correct / max(seen, 1),
             "test/acc_clean": compute_accuracy(
-                model,
-                splits.test,
+                net,
+                test_data,
                 norm=cfg.norm,
                 eps=cfg.eps,
                 attack=None,
@@ -316,8 +424,8 @@ def run_training(
                 setup=setup,
             ),
             "test/acc_pgd": compute_accuracy(
-                model,
-                splits.test,
+                net,
+                test_data,
                 norm=cfg.norm,
                 eps=cfg.eps,
                 attack=cfg.eval_attack,
@@ -344,4 +452,3 @@ def run_training(
                 history=history,
             )
             reporter.report(metrics, ckpt)
-    return model

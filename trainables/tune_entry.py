@@ -129,7 +129,7 @@ def train_trial(config: dict[str, Any]) -> None:
     device = configure_worker()
     payload = TrialPayload.from_tune(config)
     cfg, load = payload.train_config(config), payload.load
-    splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
+    splits = build_dataset(cfg.source, cfg.data, load.root, load.download, load.workers)
     resume = find_resume_checkpoint(payload)
     reporter = TuneReporter(cfg, payload.objectives, load, device)
     run_training(

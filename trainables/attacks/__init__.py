@@ -8,7 +8,8 @@ step never computes weight gradients: that is what makes PGD-k cost about (2k+3)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +120,40 @@ def pgd(
     x = x.detach()
     if eps == 0 or (steps == 0 and not random_start):
         return x
+    with weights_frozen(model):
+        return _pgd(model, x, y, threat, eps, steps, step_size, random_start, restarts,
+                    generator, loss_fn)  # fmt: skip
+
+
+@contextlib.contextmanager
+def weights_frozen(model: nn.Module) -> Iterator[None]:
+    """The model's trainable parameters set not to require gradients for the block, then
+    restored: an attack differentiates with respect to its input only, and a torch.compile'd
+    model then traces a backward without the weight gradients (its graph is otherwise the
+    training step's, weight gradients included: PGD-7 ran 1.2x slower compiled than eager)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+def _pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    eps: float,
+    steps: int,
+    step_size: float,
+    random_start: bool,
+    restarts: int,
+    generator: torch.Generator | None,
+    loss_fn: Callable[..., torch.Tensor],
+) -> torch.Tensor:
     best_x, best_loss = x, None
     for _ in range(max(restarts, 1)):
         if random_start:

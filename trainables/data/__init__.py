@@ -5,12 +5,16 @@ set when the dataset has no official split, which is then split here, seeded and
 Its name and DatasetInfo live in the torch-free trainables.catalog (what a spec is validated
 against); this registry attaches the loaders to them.
 Small datasets are held in memory as tensors; large ones (ImageNet, the transfer targets stored
-as image files) are read through torchvision on demand. Pixel values stay in [0, 1] so that eps
+as image files) are read through torchvision on demand, by trainables.data.loader's worker
+processes for whole passes. A data root that is a URI is copied into the node's cache first
+(trainables.data.cache). Pixel values stay in [0, 1] so that eps
 is in pixel units; normalisation happens inside the model (PAPER.md section 2).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +26,7 @@ from torch.nn import functional as F
 
 from trainables.catalog import DatasetInfo, get_dataset_info, register_dataset_info
 from trainables.config import DataConfig, DatasetRef, LoadRequest
+from trainables.storage import is_uri
 
 DEFAULT_LOAD = LoadRequest()
 
@@ -107,13 +112,51 @@ class Splits:
 Loader = Callable[[LoadRequest], tuple[ImageSet, ImageSet | None]]
 
 _REGISTRY: dict[str, tuple[DatasetInfo, Loader]] = {}
+# The folders and files under the data root that a dataset reads (what a node copies into its
+# cache when the root is a URI); None: not known, so a URI root is refused.
+_PATHS: dict[str, tuple[str, ...] | None] = {}
 
 
-def register_dataset(info: DatasetInfo, loader: Loader) -> None:
+def register_dataset(info: DatasetInfo, loader: Loader, paths: Sequence[str] | None = None) -> None:
     """Add a dataset under info.name: its info to the catalog (what specs are validated against)
-    and its loader here."""
+    and its loader here. paths: what it reads under the data root, relative to it (folders or
+    files), so that a data.root URI can be copied into this node's cache before loading."""
     register_dataset_info(info)
     _REGISTRY[info.name] = (info, loader)
+    _PATHS[info.name] = None if paths is None else tuple(paths)
+
+
+def dataset_paths(name: str) -> tuple[str, ...] | None:
+    """What a dataset reads under the data root (None: not registered with its paths)."""
+    _load_builtin_registrations()
+    return _PATHS.get(name)
+
+
+def local_request(name: str, request: LoadRequest) -> LoadRequest:
+    """The request with a URI data root replaced by this node's cached copy of what `name`
+    reads (copied once per node, under a file lock: trainables.data.cache); as is otherwise.
+
+    With download on, what is not under the URI is left to torchvision, which downloads it
+    into the cache folder."""
+    if request.root is None or not is_uri(request.root):
+        return request
+    from trainables.data.cache import cache_root_for, materialise
+
+    paths = dataset_paths(name)
+    if paths is None:
+        raise ValueError(
+            f"{name}: data.root is a URI ({request.root}) but the dataset was registered without "
+            "the paths it reads: pass paths= to register_dataset, or set data.root to a local "
+            "folder"
+        )
+    try:
+        root, _ = materialise(request.root, paths)
+    except FileNotFoundError:
+        if not request.download:
+            raise
+        root = cache_root_for(request.root)
+        root.mkdir(parents=True, exist_ok=True)
+    return dataclasses.replace(request, root=str(root))
 
 
 def dataset_loaders() -> dict[str, tuple[DatasetInfo, Loader]]:
@@ -189,15 +232,35 @@ def _subset(base: ImageSet, idx: np.ndarray, labels: np.ndarray) -> ImageSet:
 
 
 def build_dataset(
-    ref: DatasetRef, data: DataConfig, root: str | None = None, download: bool = False
+    ref: DatasetRef,
+    data: DataConfig,
+    root: str | None = None,
+    download: bool = False,
+    workers: int | None = None,
 ) -> Splits:
     """Load a registered dataset, keep its class subset, split it when it has no test split.
 
     The official test split is used when the dataset has one; otherwise a seeded, stratified
     split with data.test_fraction. data.max_per_class caps the train items of each class.
+    A URI root is first copied into this node's cache (local_request); a download runs under
+    a node-wide lock, so that two processes never fill one folder at once. workers: the
+    data-loading processes asked for file-backed sets (None: by the CPUs held).
     """
     info, loader = get_loader(ref.name)
-    train, test = loader(LoadRequest(root=root, download=download))
+    request = local_request(ref.name, LoadRequest(root=root, download=download, workers=workers))
+    if request.download:
+        from trainables.data.cache import exclusive
+
+        lock: contextlib.AbstractContextManager[None] = exclusive(
+            f"download:{request.root or ''}:{ref.name}"
+        )
+    else:
+        lock = contextlib.nullcontext()
+    with lock:
+        train, test = loader(request)
+    for images in (train, test):
+        if images is not None and hasattr(images, "workers"):
+            images.workers = workers
     if test is None:
         idx, labels, k = select_classes(train.targets, ref.classes, info.num_classes, ref.name)
         tr, te = split_stratified(labels, data.test_fraction, data.split_seed)
@@ -220,13 +283,17 @@ def build_dataset(
 
 
 def iterate_batches(
-    images: ImageSet, batch_size: int, order: np.ndarray | None = None
+    images: ImageSet,
+    batch_size: int,
+    order: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(x, y) batches in the given order (default: sequential)."""
-    order = np.arange(len(images)) if order is None else order
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        yield images.get_batch(idx), torch.from_numpy(images.targets[idx])
+    """(x, y) batches in the given order (default: sequential), x float32 in [0, 1] on the CPU:
+    sliced from memory, or the test view decoded by worker processes for a file-backed set
+    (pinned for a CUDA device)."""
+    from trainables.data.loader import iterate_views
+
+    return iterate_views(images, batch_size, order, device=device)
 
 
 def augment_batch(

@@ -41,6 +41,6 @@ def load_digits(request: LoadRequest) -> tuple[ImageSet, None]:
     return TensorImageSet(x, labels.astype(np.int64)), None
 
 
-register_dataset(BUILTIN_DATASETS["digits"], load_digits)
+register_dataset(BUILTIN_DATASETS["digits"], load_digits, paths=())  # bundled: nothing to copy
 
 from trainables.data import vision  # noqa: E402, F401  (torchvision-backed registrations)

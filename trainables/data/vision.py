@@ -40,13 +40,20 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from trainables import storage
 from trainables.catalog import (
     BUILTIN_DATASETS,
     DataMissingError,
     DatasetInfo,
     get_dataset_info,
 )
-from trainables.data import ImageSet, LoadRequest, TensorImageSet, register_dataset
+from trainables.data import (
+    ImageSet,
+    LoadRequest,
+    TensorImageSet,
+    dataset_paths,
+    register_dataset,
+)
 from trainables.lazy import LazyModule
 
 if TYPE_CHECKING:  # for annotations: mypy cannot see torchvision's classes through a LazyModule
@@ -133,6 +140,12 @@ class _Files:
             return [folder]
         return [folder / e for e in self.entries if not (folder / e).exists()]
 
+    def paths(self) -> tuple[str, ...]:
+        """What the dataset reads, relative to the data root (its folder, or its entries when
+        they lie in the root itself)."""
+        folder = self.folder(Path("."))
+        return self.entries if folder == Path(".") else (folder.as_posix(),)
+
     def check(self, name: str, request: LoadRequest) -> Path:
         """The root, after checking the files are there (skipped when torchvision may download)."""
         root = resolve_root(request)
@@ -155,9 +168,30 @@ def check_available(name: str, request: LoadRequest) -> None:
     if name == "digits":
         return
     get_dataset_info(name)  # an unknown name lists the choices
+    if request.root is not None and storage.is_uri(request.root):
+        _check_uri(name, request)
+        return
     check = _CHECKS.get(name)
     if check is not None:
         check(request)
+
+
+def _check_uri(name: str, request: LoadRequest) -> None:
+    """A URI data root: what the dataset reads must be under it (unless download is on)."""
+    assert request.root is not None
+    paths = dataset_paths(name)
+    if paths is None or request.download:
+        return
+    missing = [
+        storage.join(request.root, p)
+        for p in paths
+        if not storage.exists(storage.join(request.root, p))
+    ]
+    if missing:
+        raise DataMissingError(
+            f"{name}: nothing at {', '.join(missing)}: upload the dataset's files there (the "
+            f"layout under data.root that a local folder would have), or correct data.root"
+        )
 
 
 def _construct(name: str, root: Path, factory: Callable[[], T]) -> T:
@@ -197,8 +231,11 @@ def dataset_targets(dataset: Dataset) -> np.ndarray:
 class TorchvisionImageSet:
     """Images read from files through a torchvision dataset, decoded on demand.
 
-    Each image is converted to RGB (or L for one channel), its shorter side resized to `size`
-    and centre-cropped to size x size; get_batch returns float32 N x C x size x size in [0, 1].
+    Each image is converted to RGB (or L for one channel); get_batch returns the test view
+    (trainables.data.loader: shorter side to 256 and centre crop 224 for a 224-px set), float32
+    N x C x size x size in [0, 1], decoded in this process. Passes over the whole set go
+    through trainables.data.loader's worker processes instead; `workers` is the data.workers
+    they were asked for (None: by the CPUs held).
     """
 
     def __init__(
@@ -213,6 +250,7 @@ class TorchvisionImageSet:
         self.dataset = dataset
         self.size = size
         self.channels = channels
+        self.workers: int | None = None
         self.targets = np.asarray(
             dataset_targets(dataset) if targets is None else targets, dtype=np.int64
         )
@@ -223,18 +261,19 @@ class TorchvisionImageSet:
     def __len__(self) -> int:
         return len(self.targets)
 
-    def load_image(self, index: int) -> torch.Tensor:
-        """One image as uint8 C x size x size."""
+    def decode(self, index: int) -> Any:
+        """One image as decoded by the dataset, as a PIL image in RGB (L for one channel)."""
         image = self.dataset[index][0]
         mode = "L" if self.channels == 1 else "RGB"
         if isinstance(image, torch.Tensor):
             image = TF.to_pil_image(image)
-        if image.mode != mode:
-            image = image.convert(mode)
-        if image.size != (self.size, self.size):
-            image = TF.resize(image, [self.size], antialias=True)
-            image = TF.center_crop(image, [self.size, self.size])
-        return TF.pil_to_tensor(image)
+        return image if image.mode == mode else image.convert(mode)
+
+    def load_image(self, index: int) -> torch.Tensor:
+        """One image's test view as uint8 C x size x size."""
+        from trainables.data.loader import test_view
+
+        return test_view(self.decode(index), self.size)
 
     def get_batch(self, indices: np.ndarray | Sequence[int]) -> torch.Tensor:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -267,8 +306,9 @@ def _register(
     info: DatasetInfo,
     loader: Callable[[LoadRequest], tuple[ImageSet, ImageSet | None]],
     check: Callable[[LoadRequest], object],
+    paths: Sequence[str],
 ) -> None:
-    register_dataset(info, loader)
+    register_dataset(info, loader, paths)
     _CHECKS[info.name] = check
 
 
@@ -348,11 +388,13 @@ _register(
     BUILTIN_DATASETS["cifar10"],
     _cifar("cifar10", "CIFAR10", _CIFAR10),
     lambda request: _CIFAR10.check("cifar10", request),
+    _CIFAR10.paths(),
 )
 _register(
     BUILTIN_DATASETS["cifar100"],
     _cifar("cifar100", "CIFAR100", _CIFAR100),
     lambda request: _CIFAR100.check("cifar100", request),
+    _CIFAR100.paths(),
 )
 _register(
     BUILTIN_DATASETS["svhn"],
@@ -364,6 +406,7 @@ _register(
         in_memory=True,
     ),
     lambda request: _SVHN.check("svhn", request),
+    _SVHN.paths(),
 )
 _register(
     BUILTIN_DATASETS["stl10"],
@@ -375,11 +418,13 @@ _register(
         in_memory=True,
     ),
     lambda request: _STL10.check("stl10", request),
+    _STL10.paths(),
 )
 _register(
     BUILTIN_DATASETS["mnist"],
     _mnist_like("mnist", "MNIST", lambda request: _MNIST.check("mnist", request)),
     lambda request: _MNIST.check("mnist", request),
+    _MNIST.paths(),
 )
 
 
@@ -450,6 +495,7 @@ _register(
     BUILTIN_DATASETS["fashion_mnist"],
     _mnist_like("fashion_mnist", "FashionMNIST", _fashion_mnist_root),
     _check_fashion_mnist,
+    ("FashionMNIST/raw",),
 )
 
 
@@ -513,6 +559,7 @@ _register(
     BUILTIN_DATASETS["imagenet"],
     _load_imagenet,
     _check_imagenet,
+    ("imagenet",),
 )
 
 
@@ -537,7 +584,7 @@ def _register_files(
             ds = _construct(name, root, lambda: make(root, "all", request.download))
             return TorchvisionImageSet(ds, info.size, info.channels), None
 
-    _register(info, loader, lambda request: files.check(name, request))
+    _register(info, loader, lambda request: files.check(name, request), files.paths())
 
 
 def _concat(*datasets: Dataset) -> Dataset:
@@ -690,7 +737,8 @@ def _register_folder(info: DatasetInfo, path: str | Path, require_split: bool) -
             )
         return TorchvisionImageSet(folder(base), info.size, info.channels), None
 
-    _register(info, load, check)
+    relative = not Path(path).expanduser().is_absolute()
+    _register(info, load, check, (Path(path).as_posix(),) if relative else ())
 
 
 def register_image_folder(
@@ -708,8 +756,9 @@ def register_image_folder(
 
     path (relative paths are under the data root) holds train/CLASS/* and test/CLASS/*, used
     as the official split, or CLASS/* directly, split by build_dataset (seeded, stratified).
-    Images are converted to RGB (L for channels=1), resized on the shorter side and
-    centre-cropped to size x size.
+    Images are converted to RGB (L for channels=1) and read through trainables.data.loader's
+    views: at 128 px and more, RandomResizedCrop at train time (augment resized_crop_flip) and
+    resize 256/224 of size + centre crop at test time; smaller, resized to size + centre crop.
     """
     if channels == 1 and mean == (0.5,) * 3 and std == (0.25,) * 3:
         mean, std = (0.5,), (0.25,)
@@ -723,6 +772,7 @@ def register_image_folder(
         tuple(mean),
         tuple(std),
         description or f"images in class folders under {path}",
+        files=True,
     )
     _register_folder(info, path, require_split=False)
     return info

@@ -35,7 +35,7 @@ from trainables.config import (
     RobustnessConfig,
     TrainConfig,
 )
-from trainables.data import DEFAULT_LOAD, ImageSet, SubsetImageSet, build_dataset
+from trainables.data import DEFAULT_LOAD, ImageSet, SubsetImageSet, build_dataset, iterate_batches
 from trainables.evals.finetune import run_finetune
 from trainables.evals.fisher import (
     compute_input_fisher,
@@ -101,7 +101,7 @@ def evaluate_transfer(
 ) -> dict[str, Any]:
     """Linear transfer of a trained network to one target."""
     model = load_trained_model(cfg, checkpoint_dir, device)
-    splits = build_dataset(target, data, load.root, load.download)
+    splits = build_dataset(target, data, load.root, load.download, load.workers)
     return _probe_row(run_transfer(model, splits, probe, cfg.seed, source_format(cfg)))
 
 
@@ -114,7 +114,7 @@ def evaluate_random_init(
 ) -> dict[str, Any]:
     """The random-init baseline: the same probe on an untrained network of cfg's architecture."""
     model = build_untrained_model(cfg).to(device)
-    splits = build_dataset(target, cfg.data, load.root, load.download)
+    splits = build_dataset(target, cfg.data, load.root, load.download, load.workers)
     return _probe_row(run_transfer(model, splits, probe, cfg.seed, source_format(cfg)))
 
 
@@ -122,7 +122,7 @@ def evaluate_raw_pixels(
     target: DatasetRef, data: DataConfig, probe: ProbeConfig, load: LoadRequest = DEFAULT_LOAD
 ) -> dict[str, Any]:
     """The raw-pixel baseline of one target."""
-    splits = build_dataset(target, data, load.root, load.download)
+    splits = build_dataset(target, data, load.root, load.download, load.workers)
     return _probe_row(run_raw_pixel_probe(splits, probe))
 
 
@@ -151,7 +151,7 @@ def fisher_of(
     model: Classifier, cfg: TrainConfig, fisher: FisherConfig, load: LoadRequest, device: Device
 ) -> dict[str, Any]:
     """evaluate_fisher's measurement on a given network of cfg's source."""
-    splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
+    splits = build_dataset(cfg.source, cfg.data, load.root, load.download, load.workers)
     n = min(fisher.num_samples, len(splits.test))
     x = splits.test.get_batch(np.arange(n)).to(device)
     y = torch.from_numpy(splits.test.targets[:n]).to(device)
@@ -202,7 +202,7 @@ def evaluate_robustness(
 ) -> dict[str, Any]:
     """Clean and robust accuracy (PGD with restarts, or AutoAttack) on source test images."""
     model = load_trained_model(cfg, checkpoint_dir, device)
-    splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
+    splits = build_dataset(cfg.source, cfg.data, load.root, load.download, load.workers)
     n = min(robustness.num_samples, len(splits.test))
     images = SubsetImageSet(splits.test, np.arange(n), splits.test.targets[:n])
     clean = compute_robust_accuracy(model, images, norm=cfg.norm, eps=0.0, attack=robustness.attack)
@@ -245,7 +245,7 @@ def evaluate_inversion(
     """Reconstruct the first num_images source test images from their penultimate features,
     beside the no-information references (the starting image, the training split's mean image)."""
     model = load_trained_model(cfg, checkpoint_dir, device)
-    splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
+    splits = build_dataset(cfg.source, cfg.data, load.root, load.download, load.workers)
     n = min(num_images, len(splits.test))
     x0 = splits.test.get_batch(np.arange(n)).to(device)
     reference = _MEAN_IMAGES.get((cfg.source, cfg.data, load.root))
@@ -291,8 +291,8 @@ def mean_image(images: ImageSet) -> torch.Tensor:
     image, in squared error, for someone who knows the dataset but nothing of the image."""
     n = min(MEAN_IMAGE_SAMPLES, len(images))
     total: torch.Tensor | None = None
-    for start in range(0, n, 256):
-        batch = images.get_batch(np.arange(start, min(n, start + 256))).double().sum(0)
+    for x, _ in iterate_batches(images, 256, np.arange(n)):
+        batch = x.double().sum(0)
         total = batch if total is None else total + batch
     assert total is not None, "a split has at least one image"
     return (total / n).float()
@@ -309,7 +309,7 @@ def evaluate_finetune(
 ) -> dict[str, Any]:
     """Full fine-tuning of a trained network on one target (Salman et al. 2020)."""
     model = load_trained_model(cfg, checkpoint_dir, device)
-    splits = build_dataset(target, data, load.root, load.download)
+    splits = build_dataset(target, data, load.root, load.download, load.workers)
     return run_finetune(model, splits, finetune, source_format(cfg))
 
 

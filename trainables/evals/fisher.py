@@ -20,6 +20,7 @@ from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 from torch.nn import functional as F
 
 from trainables.config import FISHER_METHODS, WEIGHT_FISHER_TYPES
+from trainables.evals.precision import full_precision
 
 if TYPE_CHECKING:  # annotations only: importing this module loads no model code
     from trainables.models import Classifier
@@ -124,6 +125,7 @@ def representation_fn(
     return features
 
 
+@full_precision
 def compute_input_fisher(
     model: Classifier,
     x: torch.Tensor,
@@ -150,6 +152,7 @@ def compute_input_fisher(
     return _summarise(torch.cat(parts).detach())
 
 
+@full_precision
 def compute_input_fisher_eigenvalue(
     model: Classifier,
     x: torch.Tensor,
@@ -200,6 +203,7 @@ class WeightFisher:
     fisher_type: str
 
 
+@full_precision
 def compute_weight_fisher(
     model: nn.Module,
     x: torch.Tensor,

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from trainables.evals.precision import full_precision
+
 
 @dataclass(frozen=True)
 class LinearProbe:
@@ -49,6 +51,7 @@ def probe_objective(
     return F.cross_entropy(x @ weight.T + bias, y) + weight.pow(2).sum() / (2 * c * n)
 
 
+@full_precision
 def fit_linear_probe(
     features: torch.Tensor,
     labels: torch.Tensor,

@@ -10,6 +10,7 @@ baselines that keep the number honest.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ import torch
 
 from trainables.config import ProbeConfig
 from trainables.data import ImageSet, Splits, adapt_images, iterate_batches, split_stratified
+from trainables.evals.precision import full_precision
 from trainables.evals.probe import LinearProbe, fit_linear_probe, standardise
 
 if TYPE_CHECKING:  # annotations only: importing this module loads no model code
@@ -37,6 +39,7 @@ class ProbeResult:
     feature_dim: int
 
 
+@full_precision
 def extract_features(
     model: Classifier,
     images: ImageSet | torch.Tensor,
@@ -52,15 +55,14 @@ def extract_features(
     device = next(model.parameters()).device
     fmt = input_format
     n = len(images)
+    batches: Iterable[torch.Tensor] = (
+        (images[start : start + batch_size] for start in range(0, n, batch_size))
+        if isinstance(images, torch.Tensor)
+        else (x for x, _ in iterate_batches(images, batch_size, device=device))
+    )
     chunks = []
     with torch.no_grad():
-        for start in range(0, n, batch_size):
-            idx = np.arange(start, min(start + batch_size, n))
-            x = (
-                images[start : start + batch_size]
-                if torch.is_tensor(images)
-                else images.get_batch(idx)
-            )
+        for x in batches:
             if fmt is not None:
                 x = adapt_images(x, *fmt)
             chunks.append(model.features(x.to(device)).float().cpu())

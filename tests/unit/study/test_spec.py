@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from study.cli import main
 from study.spec import SpecError, SweepSpec, load_spec
@@ -223,6 +224,35 @@ def test_training_defaults_are_the_cifar_recipe(tmp_path: Path) -> None:
     assert (o.augment, o.crop_padding) == ("crop_flip", 4)
     assert (cfg.attack.method, cfg.attack.steps, cfg.eval_attack.steps) == ("pgd", 7, 20)
     assert cfg.attack.alpha(0.5) == pytest.approx(2.5 * 0.5 / 7)
+
+
+def test_the_standard_augmentation_is_each_sources_own_recipe(tmp_path: Path) -> None:
+    """augment standard (the default): crop_flip below 128 px, RandomResizedCrop + flip from
+    128 px; an explicit augment applies to every source; data.workers and training.compile are
+    run settings, outside every key."""
+    raw = base_spec(tmp_path)
+    raw["grid"]["sources"] = [{"dataset": "digits"}, {"dataset": "cub200"}]
+    raw["grid"]["archs"] = ["tv_resnet18"]
+    cells = SweepSpec.model_validate(raw).expand()
+    assert {c.source.name: c.optim.augment for c in cells} == {
+        "digits": "crop_flip",
+        "cub200": "resized_crop_flip",
+    }
+    explicit = {**raw, "training": {**raw.get("training", {}), "augment": "crop_flip"}}
+    again = SweepSpec.model_validate(explicit).expand()
+    digits = [c.key for c in cells if c.source.name == "digits"]
+    assert digits == [c.key for c in again if c.source.name == "digits"]
+    assert {c.optim.augment for c in again} == {"crop_flip"}
+    tuned = {
+        **raw,
+        "data": {**raw.get("data", {}), "workers": 3},
+        "training": {**raw.get("training", {}), "compile": True},
+    }
+    spec = SweepSpec.model_validate(tuned)
+    assert [c.key for c in spec.expand()] == [c.key for c in cells]
+    assert spec.training.run_options().compile is True
+    with pytest.raises((ValidationError, SpecError), match="workers"):
+        SweepSpec.model_validate({**raw, "data": {"workers": -1}})
 
 
 def test_a_grid_can_mix_sources_archs_and_attack_methods(tmp_path: Path) -> None:

@@ -158,3 +158,34 @@ def test_pickling_round_trips_and_carries_no_cached_key() -> None:
     assert back == cfg and "key" not in back.__dict__
     assert back.key == key
     assert copy.deepcopy(cfg).key == key and copy.copy(cfg).key == key
+
+
+def test_the_file_pipeline_version_is_in_the_keys_of_file_backed_datasets_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A change to how image files become tensors (FILE_PIPELINE_VERSION) re-keys the trials on
+    a file-backed source and the evaluations on a file-backed target, and nothing else."""
+    from study.evaluations import raw_pixel_key, transfer_key
+
+    probe, data = ProbeConfig(), DataConfig()
+
+    def keys() -> dict[str, str]:
+        files = TrainConfig(DatasetRef("cub200"), ArchRef("tv_resnet18"), "l2", 3.0, 0)
+        memory = TrainConfig(DatasetRef("cifar10"), ArchRef("resnet18"), "l2", 0.5, 0)
+        return {
+            "train files": files.key,
+            "train memory": memory.key,
+            "transfer to files": transfer_key(memory.key, DatasetRef("flowers102"), data, probe),
+            "transfer to memory": transfer_key(memory.key, DatasetRef("cifar100"), data, probe),
+            "raw files": raw_pixel_key(DatasetRef("dtd"), data, probe),
+            "raw memory": raw_pixel_key(DatasetRef("svhn"), data, probe),
+        }
+
+    before = keys()
+    # The in-memory keys are those computed without any pipeline part: unchanged by this change.
+    memory = TrainConfig(DatasetRef("cifar10"), ArchRef("resnet18"), "l2", 0.5, 0)
+    assert before["train memory"] == compute_key("train", memory)
+    monkeypatch.setattr(config_module, "FILE_PIPELINE_VERSION", 99)
+    after = keys()
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"train files", "transfer to files", "raw files"}

@@ -238,3 +238,48 @@ def test_pgd_never_lowers_the_loss_below_clean_on_average() -> None:
             generator=torch.Generator().manual_seed(seed),
         )
         assert F.cross_entropy(model(adv), y) >= clean
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
+def test_pgd_under_bf16_autocast_keeps_its_properties(norm: str, eps: float) -> None:
+    """As a trial runs it with precision bf16 (CUDA, or a CPU with native bf16): the forward in
+    bf16, the perturbation in fp32. It stays in the ball and the box, raises the loss as the
+    fp32 attack does, and reaches the closed-form worst case of a linear model."""
+    model = make_model()
+    x, y = make_batch(128)
+    kwargs = {"norm": norm, "eps": eps, "steps": 10, "step_size": 2.5 * eps / 10}
+    fp32 = pgd(model, x, y, generator=torch.Generator().manual_seed(0), **kwargs)  # type: ignore[arg-type]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x).dtype == torch.bfloat16
+        bf16 = pgd(model, x, y, generator=torch.Generator().manual_seed(0), **kwargs)  # type: ignore[arg-type]
+    assert bf16.dtype == torch.float32
+    assert bf16.min() >= 0.0 and bf16.max() <= 1.0
+    assert (lp_norm(bf16 - x, norm) <= eps * (1 + 1e-5) + 1e-7).all()
+    with torch.no_grad():
+        clean = F.cross_entropy(model(x), y)
+        loss_fp32 = F.cross_entropy(model(fp32), y)
+        loss_bf16 = F.cross_entropy(model(bf16), y)
+    assert loss_bf16 > clean + 0.05
+    assert loss_bf16 == pytest.approx(float(loss_fp32), rel=0.05)
+    # A linear score's worst Linf perturbation is eps * sign(w): bf16 rounding of the forward
+    # pass does not change the gradient's sign.
+    torch.manual_seed(0)
+    w = torch.randn(64)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(64, 1, bias=False))
+    with torch.no_grad():
+        linear[1].weight.copy_(w.view(1, -1))
+    x0 = torch.full((4, 1, 8, 8), 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        worst = pgd(
+            linear,
+            x0,
+            torch.zeros(4, dtype=torch.long),
+            norm="linf",
+            eps=0.1,
+            steps=5,
+            step_size=0.1,
+            random_start=False,
+            loss_fn=lambda out, _: out.float().sum(),
+        )
+    expected = 0.1 * w.sign().view(1, 1, 8, 8).expand_as(x0)
+    assert torch.allclose(worst - x0, expected, atol=1e-6)

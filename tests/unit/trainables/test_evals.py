@@ -359,3 +359,30 @@ def test_restarts_keep_for_each_image_the_start_of_smallest_feature_error() -> N
     single = invert_representation(model.features, x0, InversionConfig(40, 0.05, start="noise"))
     assert torch.allclose(single.x, alone[0][0], atol=1e-4)
     assert (kept.error <= single.error + 1e-6).all()
+
+
+def test_the_estimators_stay_in_fp32_inside_a_bf16_autocast_region() -> None:
+    """Called where a trial's bf16 autocast is on, the Fisher traces, the features and the probe
+    give exactly their fp32 values: they turn autocast off rather than sum squares in bf16."""
+    from trainables.evals.probe import fit_linear_probe
+    from trainables.evals.transfer import extract_features
+
+    model = small_model()
+    x = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    y = torch.randint(0, 4, (10,), generator=torch.Generator().manual_seed(6))
+
+    def measure() -> tuple[float, float, torch.Tensor, torch.Tensor]:
+        fisher = compute_input_fisher(model, x, method="exact", probes=0, sigma=1.0)
+        weight = compute_weight_fisher(
+            model, x, y, fisher_type="true", generator=torch.Generator().manual_seed(7)
+        )
+        features = extract_features(model, x)  # type: ignore[arg-type]
+        probe = fit_linear_probe(features, y, 4, 1.0)
+        return fisher.mean, weight.trace.mean, features, probe.weight
+
+    plain = measure()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x).dtype == torch.bfloat16  # the region is live
+        inside = measure()
+    assert inside[0] == plain[0] and inside[1] == plain[1]
+    assert torch.equal(inside[2], plain[2]) and torch.equal(inside[3], plain[3])

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from tests.conftest import ListReporter, make_digits_config
+from trainables import training
 from trainables.checkpoint import CheckpointError, load_checkpoint, read_manifest
 from trainables.config import (
     AttackConfig,
@@ -192,9 +196,54 @@ def test_free_training_takes_replays_optimizer_steps_per_minibatch(
     assert steps == {3.0 * batches}
 
 
-def test_cpu_never_uses_bf16_or_channels_last() -> None:
-    setup = DeviceSetup(torch.device("cpu"), RunOptions(precision="bf16", channels_last="true"))
-    assert not setup.bf16 and not setup.channels_last
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_follows_the_cpus_native_bf16(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
+    auto = DeviceSetup(torch.device("cpu"), RunOptions())
+    assert (auto.bf16, auto.channels_last) == (native, native)
+    fp32 = DeviceSetup(torch.device("cpu"), RunOptions(precision="fp32"))
+    assert not fp32.bf16 and not fp32.channels_last
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        forced = DeviceSetup(torch.device("cpu"), RunOptions(precision="bf16"))
+    assert forced.bf16 and forced.channels_last
+    # Emulated bf16 is many times slower: asking for it where it is not native says so.
+    assert len(caught) == (0 if native else 1)
+    with pytest.raises(ValueError, match="channels_last 'yes'"):
+        DeviceSetup(torch.device("cpu"), RunOptions(channels_last="yes"))
+
+
+def test_a_bf16_trial_on_the_cpu_trains_in_bf16_and_tracks_fp32(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The attack and the step under bf16 autocast (as precision auto does on a CPU with native
+    bf16): every step's logits are bf16, and the losses and accuracies follow the fp32 run's."""
+    cfg = make_digits_config((0, 1, 2), norm="l2", eps=0.5, epochs=6)
+    fp32 = ListReporter()
+    run_training(cfg, tiny_splits(), fp32, options=RunOptions(precision="fp32"))
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    seen: list[torch.dtype] = []
+    real_step = training.training_step
+
+    def step(
+        model: nn.Module, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, logits = real_step(model, *args, **kwargs)  # type: ignore[arg-type]
+        seen.append(logits.dtype)
+        return loss, logits
+
+    monkeypatch.setattr(training, "training_step", step)
+    bf16 = ListReporter()
+    run_training(cfg, tiny_splits(), bf16)
+    assert set(seen) == {torch.bfloat16}
+    for a, b in zip(fp32.metrics, bf16.metrics, strict=True):
+        assert b["train/loss"] == pytest.approx(a["train/loss"], abs=0.02)
+        assert b["test/acc_clean"] == pytest.approx(a["test/acc_clean"], abs=0.1)
+        assert b["test/acc_pgd"] == pytest.approx(a["test/acc_pgd"], abs=0.1)
+    assert bf16.metrics[-1]["train/loss"] < bf16.metrics[0]["train/loss"] - 0.05
+    assert bf16.metrics[-1]["test/acc_clean"] > 0.6
 
 
 def test_deterministic_mode_reproduces_a_run_bit_for_bit() -> None:
@@ -215,3 +264,27 @@ def test_cuda_training_uses_bf16_autocast_and_channels_last() -> None:
     rep = ListReporter()
     run_training(tiny_config(epochs=1), tiny_splits(), rep, device="cuda")
     assert rep.metrics[0]["test/acc_clean"] > 0
+
+
+@pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None,
+    reason="torch.compile on the CPU needs a C++ compiler",
+)
+def test_training_compile_runs_the_step_and_the_attack_compiled_with_eager_numerics() -> None:
+    """training.compile: true: torch.compile traces the network (dynamo counts the frames it
+    compiles: the training forward, the attack's input-only forward and backward, the eval
+    forward) and the epoch's losses and accuracies are the eager run's, to rounding."""
+    import torch._dynamo
+
+    cfg = tiny_config(eps=0.5, epochs=1)
+    eager = ListReporter()
+    run_training(cfg, tiny_splits(), eager)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = ListReporter()
+    run_training(cfg, tiny_splits(), compiled, options=RunOptions(compile=True))
+    frames = torch._dynamo.utils.counters["frames"]
+    assert frames["ok"] >= 1, dict(frames)
+    for key in ("train/loss", "train/acc", "test/acc_clean", "test/acc_pgd"):
+        assert compiled.metrics[0][key] == pytest.approx(eager.metrics[0][key], abs=1e-3), key
+    torch._dynamo.reset()
