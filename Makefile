@@ -30,6 +30,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py --json benchmarks/training.json
+	$(BIN)/python benchmarks/bench_data.py --json benchmarks/data.json
 	$(BIN)/python benchmarks/bench_study.py --json benchmarks/study.json
 	$(BIN)/python benchmarks/bench_gpu.py --json benchmarks/gpu.json
 	$(BIN)/python benchmarks/bench_evals.py --json benchmarks/evals.json

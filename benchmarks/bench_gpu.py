@@ -2,8 +2,10 @@
 
 1. ResNet-18 (CIFAR-style, width 1) PGD-7 adversarial training steps on CIFAR-size inputs:
    images/s with bf16 autocast and channels_last against fp32 (the training loop's own step,
-   trainables.training.training_step, under DeviceSetup), and the fraction of the card's bf16
-   matmul peak measured in the same run (FLOPs counted by torch's FlopCounterMode).
+   trainables.training.training_step, under DeviceSetup), each with and without torch.compile
+   (training.compile), and the fraction of the card's bf16 matmul peak measured in the same run
+   (FLOPs counted by torch's FlopCounterMode). GPU JPEG decoding against the CPU workers is in
+   benchmarks/bench_data.py (its loader section, where CUDA is present).
 2. Packing: a small grid of small trials run by `study run` with a fractional GPU request per
    trial (several trials on the one GPU at once) against one trial at a time (a whole GPU each).
 
@@ -31,7 +33,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from trainables.config import ArchRef, AttackConfig, DatasetRef, OptimConfig, RunOptions
 from trainables.config import TrainConfig as Config
 from trainables.models import ModelInput, build_model
-from trainables.training import DeviceSetup, build_optimizer, seeded_generator, training_step
+from trainables.training import (
+    DeviceSetup,
+    build_optimizer,
+    compiled,
+    seeded_generator,
+    training_step,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -58,6 +66,7 @@ def pgd7_throughput(options: RunOptions, batch: int, steps: int) -> dict[str, fl
     inputs = ModelInput(3, 32, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
     model = setup.prepare_model(build_model(ArchRef("resnet18", 1.0), inputs, 10))
     optimizer = build_optimizer(model, OptimConfig(optimizer="sgd", lr=0.1))
+    net = compiled(model, options, device)
     cfg = Config(
         source=DatasetRef("cifar10"),
         arch=ArchRef("resnet18", 1.0),
@@ -72,7 +81,7 @@ def pgd7_throughput(options: RunOptions, batch: int, steps: int) -> dict[str, fl
     model.train()
 
     def step() -> None:
-        training_step(model, optimizer, x, y, cfg, setup, gen)
+        training_step(net, optimizer, x, y, cfg, setup, gen)
 
     for _ in range(3):
         step()
@@ -145,6 +154,15 @@ def main() -> None:
         )
         mixed["fraction_of_bf16_peak"] = mixed["flops_per_step"] / mixed["step_s"] / peak
         result.update(bf16_matmul_peak_tflops=peak / 1e12, fp32=fp32, bf16_channels_last=mixed)
+        for label, options in (
+            ("fp32_compiled", RunOptions(precision="fp32", channels_last="false", compile=True)),
+            ("bf16_channels_last_compiled", RunOptions(precision="bf16", compile=True)),
+        ):
+            run = pgd7_throughput(options, args.batch, args.steps)
+            run["fraction_of_bf16_peak"] = run["flops_per_step"] / run["step_s"] / peak
+            result[label] = run
+            print(f"  {label}: {run['images_per_s']:.0f} images/s "
+                  f"({100 * run['fraction_of_bf16_peak']:.0f}% of the bf16 peak)")  # fmt: skip
         print(f"{result['device']}: bf16 matmul peak {peak / 1e12:.0f} TFLOP/s")
         print(f"ResNet-18 PGD-7, batch {args.batch}: fp32 {fp32['images_per_s']:.0f} images/s, "
               f"bf16 + channels_last {mixed['images_per_s']:.0f} images/s "

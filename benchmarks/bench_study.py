@@ -80,7 +80,7 @@ def plain_loop(spec_path: str, threads: int, out: str) -> None:
     for planned in plan_baselines(spec, load):
         run_evaluation(planned.task)
     for cfg in spec.expand():
-        splits = build_dataset(cfg.source, cfg.data, load.root, load.download)
+        splits = build_dataset(cfg.source, cfg.data, load.root, load.download, load.workers)
         keep = KeepLast(Path(results) / "checkpoints" / cfg.key)
         run_training(cfg, splits, keep, options=spec.training.run_options())
         finals[cfg.key] = keep.metrics
