@@ -289,11 +289,22 @@ def iterate_batches(
     device: torch.device | str = "cpu",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) batches in the given order (default: sequential), x float32 in [0, 1] on the CPU:
-    sliced from memory, or the test view decoded by worker processes for a file-backed set
-    (pinned for a CUDA device)."""
-    from trainables.data.loader import iterate_views
+    sliced from memory, or the test view of a file-backed set decoded by the worker processes
+    that its LoadRequest and this process's CPUs allow (pinned for a CUDA device), this
+    process's torch threads lowered by as many meanwhile."""
+    from trainables.data.loader import Batches, cpu_share, plan_workers, requested_workers
 
-    return iterate_views(images, batch_size, order, device=device)
+    device = torch.device(device)
+    workers = plan_workers(requested_workers(images), torch.get_num_threads(), device.type)
+    batches = Batches(
+        images, batch_size, workers=workers, pin_memory=device.type == "cuda", persistent=False
+    )
+    try:
+        with cpu_share(batches.workers):
+            for x, idx in batches(order):
+                yield to_unit_float(x), torch.from_numpy(images.targets[idx])
+    finally:
+        batches.close()
 
 
 def augment_batch(

@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from trainables.catalog import STANDARD_RECIPE_SIZE
-from trainables.data import ImageSet, SubsetImageSet, to_unit_float
+from trainables.data import ImageSet, SubsetImageSet
 from trainables.lazy import LazyModule
 
 if TYPE_CHECKING:
@@ -262,25 +262,3 @@ class Batches:
 def view_seeds(n: int, generator: torch.Generator) -> np.ndarray:
     """One train-view seed per image of a pass, from the trial's augmentation stream."""
     return torch.randint(0, 2**62, (n,), generator=generator).numpy()
-
-
-def iterate_views(
-    images: ImageSet,
-    batch_size: int,
-    order: np.ndarray | None = None,
-    *,
-    device: torch.device | str = "cpu",
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(x float32 in [0, 1], y) batches of the test view, decoded by the workers that the set's
-    LoadRequest and this process's CPUs allow (an evaluation's pass over a target)."""
-    device = torch.device(device)
-    workers = plan_workers(requested_workers(images), torch.get_num_threads(), device.type)
-    batches = Batches(
-        images, batch_size, workers=workers, pin_memory=device.type == "cuda", persistent=False
-    )
-    try:
-        with cpu_share(batches.workers):
-            for x, idx in batches(order):
-                yield to_unit_float(x), torch.from_numpy(images.targets[idx])
-    finally:
-        batches.close()

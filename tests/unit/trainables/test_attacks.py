@@ -116,13 +116,19 @@ def test_gradient_is_taken_with_respect_to_the_perturbation_only() -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_linf_pgd_on_a_linear_model_reaches_the_closed_form_worst_case() -> None:
-    # For a linear score w.x the worst Linf perturbation is eps * sign(w) (inside the box).
+def linear_score() -> tuple[nn.Module, torch.Tensor]:
+    """A linear score w.x on 8x8 inputs and its w: its worst Linf perturbation is eps * sign(w)."""
     torch.manual_seed(0)
     w = torch.randn(64)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 1, bias=False))
     with torch.no_grad():
         model[1].weight.copy_(w.view(1, -1))
+    return model, w
+
+
+def test_linf_pgd_on_a_linear_model_reaches_the_closed_form_worst_case() -> None:
+    # For a linear score w.x the worst Linf perturbation is eps * sign(w) (inside the box).
+    model, w = linear_score()
     x = torch.full((4, 1, 8, 8), 0.5)
     eps = 0.1
 
@@ -263,11 +269,7 @@ def test_pgd_under_bf16_autocast_keeps_its_properties(norm: str, eps: float) -> 
     assert loss_bf16 == pytest.approx(float(loss_fp32), rel=0.05)
     # A linear score's worst Linf perturbation is eps * sign(w): bf16 rounding of the forward
     # pass does not change the gradient's sign.
-    torch.manual_seed(0)
-    w = torch.randn(64)
-    linear = nn.Sequential(nn.Flatten(), nn.Linear(64, 1, bias=False))
-    with torch.no_grad():
-        linear[1].weight.copy_(w.view(1, -1))
+    linear, w = linear_score()
     x0 = torch.full((4, 1, 8, 8), 0.5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         worst = pgd(
