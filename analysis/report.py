@@ -26,7 +26,7 @@ from analysis.claims import CLAIMS, check_claims, format_claims
 from analysis.figures import write_figures
 from analysis.search import objective_points, pareto_front
 from analysis.stats import load_tables
-from analysis.tables import _filesystem, format_tradeoff, tradeoff_table
+from analysis.tables import _filesystem, tradeoff_cells, tradeoff_table
 
 STUDY_INFO = "study.json"
 # scipy computes the confidence intervals and rank correlations of the claim checks.
@@ -119,7 +119,22 @@ def _claims_html(claims: pd.DataFrame) -> str:
     legend = "".join(
         f"<li><b>{html.escape(c)}</b> {html.escape(text)}</li>" for c, text in CLAIMS.items()
     )
-    return f'<ul>{legend}</ul><div id="claims">{_html_table(shown, "claims")}</div>'
+    table = _html_table(shown, "claims")
+    return f'<ul>{legend}</ul><div id="claims" class="scroll">{table}</div>'
+
+
+def _tradeoff_html(tradeoff: pd.DataFrame) -> str:
+    """The trade-off table as an HTML table (the text of format_tradeoff's cells), in a box
+    that scrolls sideways when it is wider than the page."""
+    if tradeoff.empty:
+        return '<div id="tradeoff"><p>(no finished trials yet)</p></div>'
+    headers, rows = tradeoff_cells(tradeoff)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    table = f'<table class="tradeoff"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<div id="tradeoff" class="scroll">{table}</div>'
 
 
 CSS = """
@@ -130,6 +145,9 @@ td:last-child { min-width: 18em; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; width: 820px; }
 figcaption { font-size: 0.85em; color: #555; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.8em; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table.tradeoff td, table.tradeoff th { white-space: nowrap; }
+table.tradeoff td:last-child { min-width: 0; }
 """
 
 
@@ -185,7 +203,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Report:
         + ", ".join(f"{html.escape(t)} {n}" for t, n in counts.items())
         + ".</p>",
         "<h2>Trade-off table</h2><p>Mean ± standard deviation over seeds.</p>",
-        f'<div id="tradeoff"><pre>{html.escape(format_tradeoff(tradeoff))}</pre></div>',
+        _tradeoff_html(tradeoff),
         "<h2>Claim checks</h2><p>Headline rows; every row is in report.md and claims.csv. "
         "Verdicts use 95% confidence intervals across seeds (analysis/claims.py states the "
         "rules).</p>",

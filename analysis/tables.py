@@ -498,10 +498,9 @@ def _cell(mean: float | None, std: float | None, digits: int) -> str:
     return text
 
 
-def format_tradeoff(table: pd.DataFrame) -> str:
-    """The trade-off table as aligned plain text (mean ± std over seeds)."""
-    if table.empty:
-        return "(no finished trials yet)"
+def tradeoff_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """The trade-off table's headers and rows as the text of each cell (mean ± std over
+    seeds): what format_tradeoff aligns and the report's HTML table holds."""
     metrics = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
     headers = ["source", "arch", "norm", "attack", "eps", *metrics, "seeds"]
     lines = []
@@ -515,6 +514,14 @@ def format_tradeoff(table: pd.DataFrame) -> str:
         seeds = r.get("seeds")
         cells.append("" if seeds is None or pd.isna(seeds) else str(int(seeds)))
         lines.append(cells)
+    return headers, lines
+
+
+def format_tradeoff(table: pd.DataFrame) -> str:
+    """The trade-off table as aligned plain text (mean ± std over seeds)."""
+    if table.empty:
+        return "(no finished trials yet)"
+    headers, lines = tradeoff_cells(table)
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(headers)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]

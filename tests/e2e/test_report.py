@@ -67,7 +67,7 @@ def test_the_demos_report_opens_in_headless_chromium(demo) -> None:  # type: ign
         *("source_accuracy", "transfer", "tradeoff", "fisher", "inversion"),
     }
     shot = ROOT / "test-artifacts" / "report-demo.png"
-    widths, heights, has_claims, claim_rows, title = evaluate_page(
+    widths, heights, has_claims, claim_rows, title, tradeoff, boxes, page = evaluate_page(
         html,
         [
             "Array.from(document.images).map(i => i.naturalWidth)",
@@ -75,12 +75,31 @@ def test_the_demos_report_opens_in_headless_chromium(demo) -> None:  # type: ign
             "!!document.querySelector('#claims table')",
             "document.querySelectorAll('#claims table tr').length",
             "document.title",
+            "Array.from(document.querySelectorAll('#tradeoff table tr'))"
+            ".map(r => Array.from(r.cells).map(c => c.textContent))",
+            # Each wide table scrolls inside its own box ...
+            "['#tradeoff', '#claims'].map(s => [getComputedStyle(document.querySelector(s))"
+            ".overflowX, document.querySelector(s).scrollWidth,"
+            " document.querySelector(s).clientWidth])",
+            # ... so the page itself is never wider than the window (1280 px).
+            "[document.documentElement.scrollWidth, window.innerWidth]",
         ],
         screenshot=shot,
     )
     assert len(widths) == len(list(figures.glob("*.png"))) >= 5
     assert all(w > 0 for w in widths) and all(h > 0 for h in heights), (widths, heights)
     assert has_claims and claim_rows > 1 and title == "Study demo"
+    # The trade-off table is an HTML table: a header and a row per line of the text table
+    # that `study run` printed, with the same cells.
+    text = run.stdout
+    assert tradeoff[0][:5] == ["source", "arch", "norm", "attack", "eps"]
+    assert tradeoff[0][-1] == "seeds" and len(tradeoff) == 1 + 4 + 2  # 4 eps, 2 baselines
+    assert all(len(row) == len(tradeoff[0]) for row in tradeoff)
+    assert all(cell in text for row in tradeoff[1:] for cell in row[5:] if cell)
+    for overflow, scroll_width, client_width in boxes:
+        assert overflow == "auto" and scroll_width >= client_width
+    assert boxes[0][1] > boxes[0][2], "the demo's trade-off table is wider than the page"
+    assert page[0] <= page[1], page
     assert shot.is_file() and shot.stat().st_size > 10_000
 
 
