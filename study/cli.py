@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import math
 import shlex
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from study.mlflow_ui import ui_lines
 from study.spec import SpecError, SweepSpec, load_spec
 from trainables import storage
 from trainables.catalog import DataMissingError
@@ -123,11 +125,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def mlflow_ui_command(tracking_uri: str) -> str:
-    """The exact command that browses a study's MLflow store."""
-    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port 5000"
-
-
 def _shares(training: float, evaluations: float) -> str:
     """' (training x%, evaluations y%)', each part only where it was measured."""
     parts = [
@@ -193,8 +190,8 @@ def _print_run(spec: SweepSpec, summary: StudySummary) -> None:
     print(
         f"parquet tables: {storage.join(results, 'tables')}  (pandas.read_parquet on each folder)"
     )
-    print(f"MLflow: {spec.tracking_uri()}")
-    print(f"  browse it: {mlflow_ui_command(spec.tracking_uri())}  then open http://127.0.0.1:5000")
+    for line in ui_lines(spec.tracking_uri(), spec.name, summary.experiment_id):
+        print(line)
 
 
 SUBMIT_EXCLUDES = [".venv", ".git", "results", "data", "mlruns", "*.parquet", "*.safetensors"]
@@ -214,16 +211,26 @@ def cmd_submit(args: argparse.Namespace) -> int:
             f"spec {str(spec_path)!r} is outside the working directory {Path.cwd()} that is "
             "uploaded with the job: run study submit from the folder that holds it"
         ) from exc
+    from study.provenance import COMMIT_ENV, DIRTY_ENV, code_state
+
+    # The upload has no .git: the job learns the project's commit from the submitter.
+    code = code_state()
+    env_vars = {COMMIT_ENV: code["git_commit"], DIRTY_ENV: code["git_dirty"]}
     client = JobSubmissionClient(args.address)
     deadline = time.monotonic() + 120
     while True:
         try:
             job_id = client.submit_job(
                 entrypoint=f"study run {shlex.quote(str(relative))} --address auto",
-                runtime_env={"working_dir": ".", "excludes": SUBMIT_EXCLUDES},
+                runtime_env={
+                    "working_dir": ".",
+                    "excludes": SUBMIT_EXCLUDES,
+                    "env_vars": env_vars,
+                },
                 metadata={
                     "atsweep.study": spec.name,
                     "atsweep.results_dir": spec.results_dir(),
+                    "atsweep.git_commit": code["git_commit"],
                 },
             )
             break
@@ -243,7 +250,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     from study.status import format_status, study_status
 
     spec = load_spec(args.spec)
-    print(format_status(study_status(spec)))
+    if args.watch:
+        try:
+            watch_status(spec, args.interval)
+        except KeyboardInterrupt:
+            print("stopped watching (the study goes on)")
+    else:
+        print(format_status(study_status(spec)))
     if args.address:
         from ray.job_submission import JobSubmissionClient
 
@@ -256,6 +269,37 @@ def cmd_status(args: argparse.Namespace) -> int:
         if not jobs:
             print(f"no Ray job of study {spec.name} on {args.address}")
     return 0
+
+
+def watch_status(spec: SweepSpec, interval_s: float) -> None:
+    """The status again every interval_s seconds until the study ends: its driver released the
+    lease (or stopped renewing it) after holding it during the watch, or every trial is done
+    and no driver holds it. On a terminal each view replaces the last."""
+    from study.lease import read_lease
+    from study.status import format_status, study_status
+
+    terminal = sys.stdout.isatty()
+    seen_live = False
+    while True:
+        status = study_status(spec)
+        record = read_lease(spec.results_dir())
+        live = (
+            record is not None
+            and record.released_at is None
+            and record.age_s(time.time()) <= spec.output.lease_timeout_s
+        )
+        seen_live = seen_live or live
+        text = format_status(status)
+        stamp = time.strftime("%H:%M:%S")
+        if terminal:
+            print(f"\x1b[2J\x1b[H{stamp}  (refreshed every {interval_s:g} s)\n{text}", flush=True)
+        else:
+            print(f"--- {stamp}\n{text}", flush=True)
+        if not live and (seen_live or status.trials_done >= status.trials_total):
+            return
+        if not live and not seen_live:
+            print("  waiting for a driver to start the study (Ctrl-C to stop watching)")
+        time.sleep(interval_s)
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
@@ -305,12 +349,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of a sweep spec (for an editor's YAML support)."""
+    from study.schema import spec_json_schema
+
+    text = json.dumps(spec_json_schema(), indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def package_version() -> str:
+    """The installed package's version (its metadata: what pip installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("atsweep")
+    except PackageNotFoundError:
+        return "unknown (not installed: run `make install` or `pip install -e .`)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="study",
         description="Adversarial-training sweeps on Ray Tune, logged to MLflow and parquet.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"atsweep {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate", help="check a spec and print its expanded trials")
     p.add_argument("spec")
@@ -334,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_submit)
     p = sub.add_parser("status", help="trials and evaluations done, and the study's Ray jobs")
     p.add_argument("spec")
+    p.add_argument("--watch", action="store_true", help="refresh until the study ends")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes")
     p.add_argument("--address", default=None, help="the cluster's dashboard, http://HEAD:8265")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser(
@@ -348,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("results_dir")
     p.set_defaults(func=cmd_compact)
+    p = sub.add_parser("schema", help="print the JSON Schema of a sweep spec, for editors")
+    p.add_argument("--out", help="write it to this file instead")
+    p.set_defaults(func=cmd_schema)
     return parser
 
 

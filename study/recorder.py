@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from study.evaluations import EVAL_TABLES, EVALUATIONS, ArtifactContext, evaluation_params
+from study.mlflow_ui import ui_lines
 from study.plan import describe_trial
+from study.provenance import as_tags, node_machine, provenance
 from study.queue import Finished, PendingEval
 from study.signals import deferred
 from study.sinks.mlflow import EVAL_KEY_TAG, TRIAL_KEY_TAG, MlflowSink
@@ -65,6 +67,7 @@ class StudySummary:
     mlflow_s: float = 0.0  # driver time in MLflow calls
     parquet_s: float = 0.0  # driver time writing parquet parts
     eval_logging_s: float = 0.0  # the part of mlflow_s + parquet_s that recorded evaluations
+    experiment_id: str = ""  # the study's MLflow experiment (its runs table's address)
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -193,8 +196,17 @@ class Recorder:
             spec.tracking_uri(), spec.name, storage.join(self.results_dir, "mlartifacts")
         )
         self.proposed_by = spec.search.proposed_by() if spec.search else "grid"
-        self.summary = StudySummary(trials_total=spec.trial_count())
+        self.summary = StudySummary(
+            trials_total=spec.trial_count(), experiment_id=self.mlflow.experiment_id
+        )
         self.study_run_id = ""
+        # The project's commit and this machine's software, on the study's run and study.json;
+        # the commit and the software (the nodes install the same) on each trial's run too.
+        self.provenance = provenance()
+        self.trial_provenance = {
+            k: self.provenance[k] for k in ("git_commit", "git_dirty", "torch", "cuda", "cudnn")
+        }
+        self.machine_tagged: set[str] = set()
         self.trial_runs: dict[str, str] = {}
         self.open_trial_runs: set[str] = set()  # opened by this driver, not ended yet
         self.last_results: dict[str, dict[str, Any]] = {}
@@ -242,11 +254,16 @@ class Recorder:
                 role="study",
                 parent_run_id=None,
                 params=self.spec.model_dump(mode="json"),
-                tags={"results_dir": self.results_dir},
+                tags={"results_dir": self.results_dir, **as_tags(self.provenance)},
             )
             if spec_path is not None:
                 self.mlflow.log_artifact(self.study_run_id, spec_path)
         return self.study_run_id
+
+    def announce_ui(self) -> None:
+        """Where the study's MLflow UI is: printed first, so it can be opened while it runs."""
+        for line in ui_lines(self.spec.tracking_uri(), self.spec.name, self.mlflow.experiment_id):
+            self.say(line)
 
     def fail_study(self, error: BaseException, spec_path: Path | None) -> None:
         """End the study's run FAILED with the error (a study that could not start)."""
@@ -264,6 +281,7 @@ class Recorder:
             "tracking_uri": self.spec.tracking_uri(),
             "spec": self.spec.model_dump(mode="json"),
             "versions": software_versions(RUN_PACKAGES),
+            "provenance": self.provenance,
             "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if last_run is not None:
@@ -322,7 +340,11 @@ class Recorder:
                     role="trial",
                     parent_run_id=self.study_run_id,
                     params=to_canonical(asdict(cfg)),
-                    tags={TRIAL_KEY_TAG: key, PROPOSED_BY_TAG: self.proposed_by},
+                    tags={
+                        TRIAL_KEY_TAG: key,
+                        PROPOSED_BY_TAG: self.proposed_by,
+                        **as_tags(self.trial_provenance),
+                    },
                 )
                 self.trial_runs[key] = run_id
                 self.open_trial_runs.add(run_id)
@@ -336,7 +358,14 @@ class Recorder:
             for k, v in result.items()
             if "/" in k and isinstance(v, (int, float)) and not math.isnan(v)
         }
-        self.mlflow.log_metrics(self.trial_run(cfg), metrics, step=epoch)
+        run_id = self.trial_run(cfg)
+        self.mlflow.log_metrics(run_id, metrics, step=epoch)
+        if run_id not in self.machine_tagged and result.get("node_id"):
+            # The machine that trains it, once: its host and GPU model, from Ray's node table.
+            self.machine_tagged.add(run_id)
+            machine = node_machine(str(result["node_id"]))
+            if machine:
+                self.mlflow.set_tags(run_id, as_tags(machine))
         self.parquet.add(
             "epochs",
             [

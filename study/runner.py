@@ -112,6 +112,7 @@ class Study:
         self.spec_path = spec_path
         try:
             self.recorder.write_study_info()
+            self.recorder.announce_ui()
             self.todo, evals = self.find_work()
             budget = self.open_search()
             work = self.todo or evals or budget or self.to_import

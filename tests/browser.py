@@ -25,7 +25,7 @@ def find_chromium() -> str | None:
 
 
 async def _evaluate(
-    ws_url: str, url: str, expressions: list[str], screenshot: Path | None
+    ws_url: str, url: str, expressions: list[str], screenshot: Path | None, until: str | None
 ) -> list[Any]:
     import aiohttp
 
@@ -53,6 +53,8 @@ async def _evaluate(
             "document.readyState === 'complete' && "
             "Array.from(document.images).every(i => i.complete)"
         )
+        if until is not None:  # a page that renders itself (an app): its own condition
+            ready = f"document.readyState === 'complete' && !!({until})"
         deadline = time.monotonic() + 120
         while True:
             state = await call("Runtime.evaluate", expression=ready, returnByValue=True)
@@ -75,6 +77,15 @@ async def _evaluate(
 def evaluate_page(page: Path, expressions: list[str], screenshot: Path | None = None) -> list[Any]:
     """Open a local HTML file in headless Chromium; the values of JS expressions evaluated
     once it and its images have loaded; optionally a full-page screenshot."""
+    return evaluate_url(page.resolve().as_uri(), expressions, screenshot)
+
+
+def evaluate_url(
+    url: str, expressions: list[str], screenshot: Path | None = None, until: str | None = None
+) -> list[Any]:
+    """Open a URL in headless Chromium and evaluate JS expressions once it has loaded: for an
+    application that renders after loading (the MLflow UI), once the expression `until` is
+    true (polled, up to 120 s); optionally a full-page screenshot."""
     chromium = find_chromium()
     assert chromium is not None, "no chromium on PATH"
     port = free_port()
@@ -110,9 +121,8 @@ def evaluate_page(page: Path, expressions: list[str], screenshot: Path | None = 
                 break
             time.sleep(0.2)
         assert pages, "chromium opened no page"
-        url = page.resolve().as_uri()
         return asyncio.run(
-            _evaluate(pages[0]["webSocketDebuggerUrl"], url, expressions, screenshot)
+            _evaluate(pages[0]["webSocketDebuggerUrl"], url, expressions, screenshot, until)
         )
     finally:
         stop_server(proc)

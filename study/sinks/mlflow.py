@@ -125,6 +125,12 @@ def _warn(message: str) -> None:
     print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
+# MLflow 3's UI opens an experiment on the view of its kind: without this tag it guesses, and
+# shows a study's experiment as a GenAI one (traces, an empty overview) rather than its runs.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
+
 class MlflowSink:
     """The single MLflow writer of a study."""
 
@@ -147,9 +153,13 @@ class MlflowSink:
             else:
                 Path(artifact_location).mkdir(parents=True, exist_ok=True)
                 uri = Path(artifact_location).resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=uri)
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=uri, tags={EXPERIMENT_KIND: MODEL_TRAINING}
+            )
         else:
             self.experiment_id = found.experiment_id
+            if found.tags.get(EXPERIMENT_KIND) is None:  # created before the tag was set
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         self._runs_by_key = self._index_runs()
         self._metrics: dict[str, list[Metric]] = defaultdict(list)
 

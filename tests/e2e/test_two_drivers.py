@@ -39,8 +39,15 @@ def assert_each_row_and_run_once(results: Path) -> None:
 
 def test_two_drivers_started_together_one_runs_and_one_refuses(tmp_path: Path) -> None:
     path = smoke_spec(tmp_path)
+    # `study status --watch`, started with them, follows the study until its driver is done.
+    watcher = start_study("status", str(path), "--watch", "--interval", "1", cwd=tmp_path)
     drivers = [start_study("run", str(path), "--no-report", cwd=tmp_path) for _ in range(2)]
     outs = [d.communicate(timeout=600)[0] for d in drivers]
+    watched = watcher.communicate(timeout=120)[0]
+    assert watcher.returncode == 0, watched[-3000:]
+    views = watched.split("--- ")[1:]
+    assert any("lease: held by" in view for view in views), watched[-3000:]
+    assert "2/2 trials done" in views[-1] and "lease: free" in views[-1], views[-1]
     codes = sorted(d.returncode for d in drivers)
     assert codes == [0, 2], outs
     refused = outs[[d.returncode for d in drivers].index(2)]
