@@ -365,7 +365,8 @@ class Recorder:
             self.machine_tagged.add(run_id)
             machine = node_machine(str(result["node_id"]))
             if machine:
-                self.mlflow.set_tags(run_id, as_tags(machine))
+                with self.writing():  # a write like any other: only while the lease is held
+                    self.mlflow.set_tags(run_id, as_tags(machine))
         self.parquet.add(
             "epochs",
             [

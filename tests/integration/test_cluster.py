@@ -116,7 +116,9 @@ def test_submit_runs_a_study_on_two_nodes_with_token_auth(tmp_path: Path) -> Non
         request = urllib.request.Request(
             f"{address}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}
         )
-        deadline = time.monotonic() + 300
+        # A bound for a failure, not a timing: the job takes ~60 s on an idle 2-core machine
+        # and several times that beside other work.
+        deadline = time.monotonic() + 900
         while (state := json.load(urllib.request.urlopen(request, timeout=30))["status"]) not in (
             "SUCCEEDED",
             "FAILED",
