@@ -3,6 +3,8 @@ tables returned, and a second call that finds everything cached."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,19 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+def own_environment() -> Iterator[None]:
+    """The study sets Tune's environment for its driver (study.launcher.configure_tune_environment,
+    as `study run` does): this process's later tests get their own back."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.mark.usefixtures("own_environment")
 def test_run_study_returns_the_summary_and_tables_and_resumes(tmp_path: Path) -> None:
     overrides = {
         "grid.eps": [0.5],
