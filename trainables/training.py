@@ -269,6 +269,39 @@ class FreeState:
         return self.delta[: len(x)]
 
 
+def free_training_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    cfg: TrainConfig,
+    setup: DeviceSetup,
+    free: FreeState,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Free AT (Shafahi et al. 2019) on one minibatch: one backward pass gives both the weight
+    update and the perturbation's ascent step, replayed cfg.attack.replays times; the
+    perturbation carries over to the next minibatch. (loss, logits) of the last replay."""
+    threat = get_threat_model(cfg.norm)
+    delta = free.for_batch(xb)
+    for _ in range(cfg.attack.replays):
+        delta = delta.detach().requires_grad_(True)
+        with setup.autocast():
+            logits = net(xb + delta)
+            loss = F.cross_entropy(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            # loss.backward() through net(xb + delta) has just set delta.grad.
+            assert delta.grad is not None
+            delta = threat.project(
+                threat.step(delta, delta.grad, cfg.attack.alpha(cfg.eps)), cfg.eps
+            )
+            delta = clip_to_box(xb, delta)
+    free.delta[: len(xb)] = delta.detach()  # type: ignore[index]
+    return loss, logits
+
+
 def run_training(
     cfg: TrainConfig,
     splits: Splits,
@@ -364,7 +397,6 @@ def _train_epochs(
     n_train = len(train_data.images)
     steps_per_epoch = max(1, math.ceil(n_train / cfg.optim.batch_size))
     config_json = to_canonical(asdict(cfg))
-    threat = get_threat_model(cfg.norm)
     free = FreeState()
     decoded = train_data.file_backed and train_data.train_view
 
@@ -382,25 +414,7 @@ def _train_epochs(
             for group in optimizer.param_groups:
                 group["lr"] = compute_lr(cfg.optim, epoch, step, steps_per_epoch)
             if cfg.attack.method == "free" and cfg.eps > 0:
-                # Free AT (Shafahi et al. 2019): one backward pass gives both the weight update
-                # and the perturbation's ascent step, replayed on the same minibatch.
-                delta = free.for_batch(xb)
-                for _ in range(cfg.attack.replays):
-                    delta = delta.detach().requires_grad_(True)
-                    with setup.autocast():
-                        logits = net(xb + delta)
-                        loss = F.cross_entropy(logits, yb)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    with torch.no_grad():
-                        # loss.backward() through model(xb + delta) has just set delta.grad.
-                        assert delta.grad is not None
-                        delta = threat.project(
-                            threat.step(delta, delta.grad, cfg.attack.alpha(cfg.eps)), cfg.eps
-                        )
-                        delta = clip_to_box(xb, delta)
-                free.delta[: len(xb)] = delta.detach()  # type: ignore[index]
+                loss, logits = free_training_step(net, optimizer, xb, yb, cfg, setup, free)
             else:
                 loss, logits = training_step(net, optimizer, xb, yb, cfg, setup, attack_gen)
             loss_sum += float(loss.detach()) * len(yb)
