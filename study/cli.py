@@ -137,11 +137,18 @@ def _shares(training: float, evaluations: float) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
+    from study.progress import make_view
     from study.runner import Study
     from study.signals import Interrupted, interruptible
 
+    if args.progress_every <= 0:
+        raise SpecError(
+            f"--progress-every {args.progress_every:g}: the seconds between status lines must be "
+            "positive (or use --quiet for none)"
+        )
+    view = make_view("quiet" if args.quiet else args.progress, print, args.progress_every)
     try:
-        with interruptible(), Study(spec) as study:
+        with interruptible(), Study(spec, view=view) as study:
             summary = study.run(address=args.address, spec_path=Path(args.spec))
             _print_run(spec, summary)
             if not args.no_report:
@@ -393,6 +400,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--no-report", action="store_true", help="skip the report (write it later: study report)"
+    )
+    p.add_argument(
+        "--progress",
+        choices=["auto", "live", "plain", "quiet"],
+        default="auto",
+        help="live: a panel redrawn in place; plain: a line per epoch and a status line every "
+        "--progress-every seconds; auto (default): live on a terminal, else plain",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress display (--progress quiet)")
+    p.add_argument(
+        "--progress-every",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds between the plain status lines (default 30)",
     )
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("submit", help="send a study to a Ray cluster as a job")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from study.plan import describe_trial
+from study.progress import Progress
 from study.queue import EvalQueue, PendingEval
 from study.recorder import Recorder
 from study.signals import reclaim
@@ -43,6 +44,9 @@ def configure_tune_environment() -> None:
     # quietly, as if it had finished.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    # Tune's own console output: its newer engine prints an experiment table and a results
+    # folder (whose files the sinks replace) even at verbose=0; the study shows its own progress.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # The evaluations wait while Tune's trial actors hold every CPU. By default a local Ray
     # kills an idle worker after 1 s once the node has more workers than CPUs, so each
@@ -108,9 +112,22 @@ class TrialHooks:
     trial's evaluations to the queue at once; at every step of Tune's loop, the evaluations
     that returned are recorded."""
 
-    def __init__(self, recorder: Recorder, queue: EvalQueue, evaluations_of: EvaluationsOf) -> None:
+    def __init__(
+        self,
+        recorder: Recorder,
+        queue: EvalQueue,
+        evaluations_of: EvaluationsOf,
+        progress: Progress | None = None,
+    ) -> None:
         self.recorder, self.queue, self.evaluations_of = recorder, queue, evaluations_of
+        if progress is None:
+            progress = Progress("", recorder.summary, lambda: len(queue))
+        self.progress = progress
         self.configs: dict[str, TrainConfig] = {}
+        # The first error a hook raised. Tune turns an error in a callback into a TuneError
+        # holding only its traceback's text; fit() raises this one instead (LeaseLostError,
+        # a table's SchemaConflictError: errors that the CLI explains in one line).
+        self.error: Exception | None = None
 
     def config(self, trial: Any) -> TrainConfig:
         if trial.trial_id not in self.configs:
@@ -118,10 +135,14 @@ class TrialHooks:
         return self.configs[trial.trial_id]
 
     def started(self, trial: Any) -> None:
-        self.recorder.trial_run(self.config(trial))
+        cfg = self.config(trial)
+        self.recorder.trial_run(cfg)
+        self.progress.trial_started(trial.trial_id, describe_trial(cfg), cfg.optim.epochs)
 
     def result(self, trial: Any, result: dict[str, Any]) -> None:
-        self.recorder.record_epoch(self.config(trial), result)
+        cfg = self.config(trial)
+        self.recorder.record_epoch(cfg, result)
+        self.progress.trial_epoch(trial.trial_id, describe_trial(cfg), cfg.optim.epochs, result)
 
     def completed(self, trial: Any) -> None:
         checkpoint = None
@@ -131,13 +152,16 @@ class TrialHooks:
         run_id = self.recorder.record_trial_done(cfg, checkpoint)
         if run_id is not None and checkpoint is not None:
             self.queue.submit(self.evaluations_of(cfg, checkpoint, run_id))
+        self.progress.trial_ended(trial.trial_id)
 
     def failed(self, trial: Any) -> None:
         self.recorder.record_trial_failure(self.config(trial), describe_trial_error(trial))
+        self.progress.trial_ended(trial.trial_id)
 
     def step(self) -> None:
         self.recorder.record_evaluations(self.queue.harvest(timeout=0.0))
         self.recorder.flush_if_due()
+        self.progress.tick()
 
 
 def _make_callback_class() -> type:
@@ -165,32 +189,55 @@ def _make_callback_class() -> type:
                 )
             return self.hooks
 
+        def _call(self, hook: str, *args: Any) -> None:
+            hooks = self._hooks()
+            try:
+                getattr(hooks, hook)(*args)
+            except Exception as exc:
+                hooks.error = hooks.error or exc
+                raise
+
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._hooks().started(trial)
+            self._call("started", trial)
 
         def on_trial_result(
             self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
         ) -> None:
-            self._hooks().result(trial, result)
+            self._call("result", trial, result)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._hooks().completed(trial)
+            self._call("completed", trial)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._hooks().failed(trial)
+            self._call("failed", trial)
 
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-            self._hooks().step()
+            self._call("step")
 
     return _StudyCallback
 
 
 def StudyCallback(  # noqa: N802
-    recorder: Recorder, queue: EvalQueue, evaluations_of: EvaluationsOf
+    recorder: Recorder,
+    queue: EvalQueue,
+    evaluations_of: EvaluationsOf,
+    progress: Progress | None = None,
 ) -> Any:
-    """A Tune callback bound to a study's recorder and queue (its class is built lazily so that
-    importing this module needs no ray)."""
-    return _make_callback_class()(TrialHooks(recorder, queue, evaluations_of))
+    """A Tune callback bound to a study's recorder, queue and progress (its class is built
+    lazily so that importing this module needs no ray)."""
+    return _make_callback_class()(TrialHooks(recorder, queue, evaluations_of, progress))
+
+
+def fit(tuner: Any, callback: Any) -> None:
+    """Run the Tuner; an error of the study's own hooks is raised as itself, not as the
+    TuneError that Tune wraps it in."""
+    try:
+        tuner.fit()
+    except Exception as exc:
+        error = callback.hooks.error if callback.hooks is not None else None
+        if error is None or error is exc:
+            raise
+        raise error from exc
 
 
 @dataclass(frozen=True)

@@ -82,15 +82,18 @@ def run_study(
     address: str | None = None,
     report: bool = False,
     printer: Callable[[str], None] = print,
+    progress: str = "plain",
 ) -> StudyResult:
     """Run (or resume) a study and return its summary and tables; report=True also writes the
-    HTML report (RESULTS_DIR/report), as `study run` does."""
+    HTML report (RESULTS_DIR/report), as `study run` does. progress: plain (a line per epoch
+    and a status line every 30 s, through printer), live, or quiet."""
     from analysis import load_tables, tradeoff_table
+    from study.progress import make_view
     from study.runner import Study
 
     resolved = spec_from(spec, overrides)
     spec_path = Path(spec) if isinstance(spec, (str, Path)) else None
-    with Study(resolved, printer) as study:
+    with Study(resolved, printer, make_view(progress, printer)) as study:
         summary = study.run(address=address, spec_path=spec_path)
     results = resolved.results_dir()
     written = None

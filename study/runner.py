@@ -24,11 +24,13 @@ from study.launcher import (
     StudyCallback,
     build_tuner,
     configure_tune_environment,
+    fit,
     start_ray,
 )
 from study.lease import StudyLease
 from study.networks import Network, resolve_networks
 from study.plan import not_cached, plan_baselines, plan_trial_evaluations
+from study.progress import Progress, View, Work
 from study.queue import EvalQueue, PendingEval, RayBackend
 from study.recorder import Recorder, StudySummary
 from study.signals import as_interrupted
@@ -66,7 +68,7 @@ def check_data(spec: SweepSpec, load: LoadRequest) -> None:
 class Study:
     """One study on one Ray cluster: what to run, handed to Tune and the evaluation queue."""
 
-    def __init__(self, spec: SweepSpec, printer: Printer = print) -> None:
+    def __init__(self, spec: SweepSpec, printer: Printer = print, view: View | None = None) -> None:
         self.spec = spec
         self.say = printer
         self.load = load_request(spec)
@@ -83,6 +85,8 @@ class Study:
             self.lease.release()
             raise
         self.queue = EvalQueue(RayBackend(spec.resources))
+        # What runs, for the terminal (study/progress.py); quiet unless a view is given.
+        self.progress = Progress(spec.name, self.recorder.summary, lambda: len(self.queue), view)
         self.imported = tuple(n.config for n in self.networks)
         self.context = PlanContext(spec, self.load, self.recorder.results_dir, self.imported)
         self.configs = spec.expand()
@@ -119,10 +123,14 @@ class Study:
             self.started_ray = bool(work) and self.start_ray(address)
             self.recorder.open_study(spec_path)
             self.queue.submit(evals)
+            if work:
+                self.progress.start(self.work_ahead(bool(budget)))
             self.import_networks()
             if self.todo or budget:
-                build_tuner(self.spec, self.todo, self.search, self.load, self.callback()).fit()
+                callback = self.callback()
+                fit(build_tuner(self.spec, self.todo, self.search, self.load, callback), callback)
             self.drain()
+            self.progress.stop()
             return self.recorder.finish(started)
         except KeyboardInterrupt as exc:
             stop = as_interrupted(exc)
@@ -131,7 +139,26 @@ class Study:
                 self.recorder.interrupted(started, stop.name)
             raise stop from None
         finally:
+            self.progress.stop()  # a terminal's live panel ends before anything else prints
             self.shut_down_ray()
+
+    def work_ahead(self, search: bool) -> Work:
+        """The trials' epochs and evaluations ahead, and the cluster that runs them (for the
+        progress's estimate of the time left)."""
+        trials = self.todo or ([self.spec.base_config()] if search else [])
+        cpus = 1.0
+        if self.started_ray:
+            import ray
+
+            cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        res = self.spec.resources
+        return Work(
+            epochs_per_trial=sum(c.optim.epochs for c in trials) / len(trials) if trials else 0.0,
+            evals_per_trial=self.evaluations_per_network(trials[0]) if trials else 0.0,
+            cpus=cpus,
+            cpus_per_trial=res.cpus_per_trial,
+            cpus_per_eval=res.cpus_per_eval,
+        )
 
     def shut_down_ray(self) -> None:
         if self.started_ray:
@@ -259,7 +286,7 @@ class Study:
     def callback(self) -> object:
         """The Tune callback of this study: epochs and trials to the recorder, and each
         finished trial's evaluations to the queue."""
-        return StudyCallback(self.recorder, self.queue, self.evaluations_of)
+        return StudyCallback(self.recorder, self.queue, self.evaluations_of, self.progress)
 
     def drain(self) -> None:
         """Wait for every evaluation in the queue, recording each as it returns."""
@@ -267,3 +294,4 @@ class Study:
         while len(self.queue):
             self.recorder.record_evaluations(self.queue.harvest(timeout=5.0))
             self.recorder.flush_if_due()
+            self.progress.tick()

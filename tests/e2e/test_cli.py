@@ -49,6 +49,16 @@ def test_run_writes_every_row_and_prints_the_table(smoke) -> None:  # type: igno
         assert name in first.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in first.stdout
     assert str(results / "tables") in first.stdout
+    # Not a terminal: the progress in plain lines, one per epoch and a status line at the end.
+    out = first.stdout.splitlines()
+    for eps in ("0", "0.5"):
+        for n in (1, 2):
+            cell = f"digits-c01234 small_cnn l2 pgd3 eps={eps} seed=0"
+            assert sum(ln.startswith(f"  epoch {n}/2 {cell} ") for ln in out) == 1, first.stdout
+    assert (
+        "trials 2/2 done, 0 running, 0 queued, 0 failed; evaluations 13 done, 0 queued, "
+        "0 failed; nothing left"
+    ) in [ln.split(": ", 1)[-1] for ln in out if ln.startswith("progress ")]
     for ckpt in t["trials"]["checkpoint_path"]:
         assert (Path(ckpt) / "model.safetensors").is_file()
     # Where the run's time went: printed, and kept in study.json with the run's own counts.
@@ -127,9 +137,12 @@ def test_extending_the_grid_runs_only_the_new_cells(smoke) -> None:  # type: ign
     extended = path.parent / "extended.yaml"
     extended.write_text(yaml.safe_dump(spec))
     before = tables(results)
-    out = run_study("run", str(extended), "--no-report", cwd=path.parent)
+    out = run_study("run", str(extended), "--no-report", "--quiet", cwd=path.parent)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 cached, 1 to run" in out.stdout
+    # --quiet: the trial's line and no progress (neither its epochs nor a status line).
+    assert "[3/3] trial digits-c01234 small_cnn l2 pgd3 eps=1 seed=0" in out.stdout
+    assert not any(ln.startswith(("  epoch ", "progress ")) for ln in out.stdout.splitlines())
     t = tables(results)
     assert sorted(t["trials"]["eps"]) == [0.0, 0.5, 1.0]
     assert len(t["epochs"]) == 3 * 2 and len(t["inversion"]) == 6

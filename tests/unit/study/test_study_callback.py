@@ -60,3 +60,38 @@ def test_importing_the_runner_leaves_tunes_settings_alone() -> None:
         "RAY_idle_worker_killing_time_threshold_ms",
         "TUNE_DISABLE_SIGINT_HANDLER",
     } <= set(by_study)
+
+
+def test_an_error_of_the_studys_hooks_leaves_fit_as_itself(
+    tmp_path: Path, ray_local: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tune wraps an error raised in a callback into a TuneError that holds only its text; the
+    study's fit() raises the hook's own error, so that `study run` explains a lease lost during
+    a trial's epoch in one line and exits 2."""
+    from ray import tune
+
+    from study.launcher import fit
+    from study.lease import LeaseLostError
+
+    spec = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
+    spec["output"] = {"results_dir": str(tmp_path / "results")}
+    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(spec))
+    callback = Study(load_spec(tmp_path / "smoke.yaml")).callback()
+    lost = LeaseLostError("taken over by vm:1 since then; nothing more is written")
+
+    def result(trial: object, result: dict) -> None:
+        raise lost
+
+    monkeypatch.setattr(callback.hooks, "started", lambda trial: None)  # no study payload here
+    monkeypatch.setattr(callback.hooks, "result", result)
+
+    def trainable(config: dict) -> None:
+        tune.report({"epoch": 1})
+
+    tuner = tune.Tuner(
+        trainable,
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), callbacks=[callback]),
+    )
+    with pytest.raises(LeaseLostError) as raised:
+        fit(tuner, callback)
+    assert raised.value is lost and callback.hooks.error is lost
