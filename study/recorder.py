@@ -364,6 +364,8 @@ class Recorder:
             # The machine that trains it, once: its host and GPU model, from Ray's node table.
             self.machine_tagged.add(run_id)
             machine = node_machine(str(result["node_id"]))
+            if "trial/bf16" in result:  # the precision the trial's machine gave it
+                machine["precision"] = "bf16" if result["trial/bf16"] else "fp32"
             if machine:
                 with self.writing():  # a write like any other: only while the lease is held
                     self.mlflow.set_tags(run_id, as_tags(machine))

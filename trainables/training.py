@@ -454,6 +454,9 @@ def _train_epochs(
             "throughput/train_img_s": seen / max(train_time, 1e-9),
             # The epoch this process started from: > 0 when it resumed from a checkpoint.
             "trial/start_epoch": float(start_epoch),
+            # What precision auto chose on this machine (1 = on): results agree up to rounding.
+            "trial/bf16": float(setup.bf16),
+            "trial/channels_last": float(setup.channels_last),
         }
         history.append(metrics)
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:

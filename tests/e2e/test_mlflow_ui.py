@@ -88,6 +88,8 @@ def test_the_study_and_its_trials_record_their_provenance(smoke) -> None:  # typ
     import mlflow
     import torch
 
+    from trainables import training
+
     _, results, first = smoke
     assert first.returncode == 0
     head = subprocess.run(
@@ -110,4 +112,6 @@ def test_the_study_and_its_trials_record_their_provenance(smoke) -> None:  # typ
         tags = trial.data.tags
         assert tags["atsweep.git_commit"] == head and tags["atsweep.torch"] == torch.__version__
         assert tags["atsweep.host"] == socket.gethostname()
+        native = torch.cuda.is_available() or training.cpu_has_native_bf16()
+        assert tags["atsweep.precision"] == ("bf16" if native else "fp32")
         assert torch.cuda.is_available() or tags["atsweep.gpu"] == "none"

@@ -58,7 +58,7 @@ def frames(output: bytes) -> tuple[list[list[str]], list[str]]:
             shown.append([line.rstrip() for line in screen.display])
             stream.feed(REDRAW)
         stream.feed(piece)
-    scrolled = ["".join(c.data for c in row.values()).rstrip() for row in screen.history.top]
+    scrolled = ["".join(row[x].data for x in range(COLS)).rstrip() for row in screen.history.top]
     final = [line.rstrip() for line in screen.display]
     return shown, [line for line in scrolled + final if line]
 

@@ -238,6 +238,13 @@ def test_a_bf16_trial_on_the_cpu_trains_in_bf16_and_tracks_fp32(
     bf16 = ListReporter()
     run_training(cfg, tiny_splits(), bf16)
     assert set(seen) == {torch.bfloat16}
+    # Each epoch says which precision it ran in (the study tags the trial's run with it).
+    assert (
+        {m["trial/bf16"] for m in bf16.metrics}
+        == {1.0}
+        == {m["trial/channels_last"] for m in bf16.metrics}
+    )
+    assert {m["trial/bf16"] for m in fp32.metrics} == {0.0}
     for a, b in zip(fp32.metrics, bf16.metrics, strict=True):
         assert b["train/loss"] == pytest.approx(a["train/loss"], abs=0.02)
         assert b["test/acc_clean"] == pytest.approx(a["test/acc_clean"], abs=0.1)
