@@ -319,23 +319,36 @@ class RemeasuredWarning(UserWarning):
     them out (they stay in the table)."""
 
 
-# The columns that name one measurement of a trained network whatever its settings. A change of
-# settings (the spec's, or a default's: the inversion's start in schema v5) gives the same
-# measurement a new eval_key, so the study computes it again and the table holds both rows; the
-# analysis counts the latest of them, once.
+# The columns that name one measurement whatever its settings: the network (a trained one by its
+# trial_key; an untrained reference by its source, arch and seed; the raw pixels by nothing) and
+# what the spec may list several of at once (targets, inversion variants, attacks and radii). A
+# change of settings (the spec's scalars such as the probe's C grid, the Fisher's sigma or
+# samples, or a default's: the inversion's start in schema v5) gives the same measurement a new
+# eval_key, so the study computes it again and the table holds both rows; the analysis counts
+# the latest of them, once.
 MEASUREMENT = {
     "inversion": ("trial_key", "variant"),
     "robustness": ("trial_key", "eval_attack", "eval_eps"),
+    "transfer": ("kind", "trial_key", "source", "arch", "seed", "target"),
+    "fisher": ("kind", "trial_key", "source", "arch", "seed"),
 }
+# Absent from tables written before schema v4, and null in their rows: those were all of trained
+# networks (split_fisher reads them so).
+OPTIONAL_IDENTITY = {"kind"}
+DEFAULT_KIND = {"fisher": "trained"}
 
 
 def drop_remeasured(name: str, df: pd.DataFrame) -> pd.DataFrame:
     """df without the rows that a later row of the same MEASUREMENT replaced (load_table keeps
     the order in which rows were written), with one RemeasuredWarning naming the count."""
-    columns = list(MEASUREMENT.get(name, ()))
-    if not columns or df.empty or not set(columns) <= set(df.columns):
+    columns = [c for c in MEASUREMENT.get(name, ()) if c in df.columns]
+    required = set(MEASUREMENT.get(name, ())) - OPTIONAL_IDENTITY
+    if not columns or df.empty or not required <= set(df.columns):
         return df
-    older = df.duplicated(columns, keep="last")
+    identity = df[columns]
+    if "kind" in columns and name in DEFAULT_KIND:
+        identity = identity.assign(kind=identity["kind"].astype(object).fillna(DEFAULT_KIND[name]))
+    older = identity.duplicated(keep="last")
     if older.any():
         warnings.warn(
             f"{int(older.sum())} {name} rows were measured again later under other settings "

@@ -231,3 +231,57 @@ def test_a_measurement_taken_again_under_other_settings_counts_once_the_latest(
         claims = check_claims(load_tables(tmp_path))
     c6 = claims[(claims["claim"] == "C6") & (claims["statistic"] == "delta_psnr")].iloc[0]
     assert c6["value"] == pytest.approx(6.0) and c6["n_seeds"] == 3
+
+
+def test_a_transfer_or_fisher_measured_again_counts_once_and_each_target_stays(
+    tmp_path: Path,
+) -> None:
+    """Probes, their references and the Fisher traces recomputed under other settings (a new
+    C grid, more Fisher samples: new eval_keys): the trade-off table counts the latest of each
+    network's measurement once, per target, and keeps both targets."""
+    from analysis.tables import RemeasuredWarning
+    from tests.analysis_study import ARCH, SEEDS, SOURCE, grid, write_table
+
+    build_study(
+        tmp_path,
+        seeds=SEEDS,
+        transfer={"svhn": lambda e, s: 0.2, "cifar100": noisy(dict.fromkeys(EPS, 0.4), 0.01)},
+        raw_pixels={"svhn": 0.1},
+        random_init={"svhn": 0.15},
+        input_trace=lambda e, s: 1000.0,
+        weight_trace=lambda e, s: 50.0,
+        fisher_random_init=(1.0, 2.0),
+    )
+    transfer, fisher = [], []
+    for e in EPS:
+        for s in SEEDS:
+            g = grid(e, s)
+            row = {**g, "eval_key": f"probe2-{g['trial_key']}", "kind": "probe", "target": "svhn"}
+            transfer.append({**row, "test_acc": 0.6})
+            fisher.append(
+                {**g, "eval_key": f"fisher2-{g['trial_key']}", "kind": "trained", "sigma": 1.0}
+                | {"weight_fisher": "true", "input_trace": 10.0, "weight_trace": 5.0}
+            )
+    for s in SEEDS:
+        ref = {"source": SOURCE, "arch": ARCH, "seed": s, "kind": "random_init"}
+        transfer.append({**ref, "eval_key": f"random2-{s}", "target": "svhn", "test_acc": 0.35})
+        fisher.append({**ref, "eval_key": f"fr2-{s}", "input_trace": 3.0, "weight_trace": 4.0})
+    transfer.append({"eval_key": "raw2", "kind": "raw_pixels", "target": "svhn", "test_acc": 0.3})
+    write_table(tmp_path, "transfer", transfer, part=1)
+    write_table(tmp_path, "fisher", fisher, part=1)
+
+    with pytest.warns(RemeasuredWarning) as caught:
+        table = tradeoff_table(tmp_path)
+    said = " ".join(str(w.message) for w in caught)
+    assert "16 transfer rows were measured again" in said  # 12 probes, 3 references, raw pixels
+    assert "15 fisher rows were measured again" in said  # 12 networks, 3 untrained ones
+    trained = table[table["row_kind"] == "trained"]
+    assert set(trained["transfer[svhn]_mean"]) == {0.6} and set(trained["transfer[svhn]_n"]) == {3}
+    assert trained_means(table, "transfer[cifar100]_mean") == pytest.approx(dict.fromkeys(EPS, 0.4))
+    assert set(trained["input_fisher_mean"]) == {10.0} and set(trained["input_fisher_n"]) == {3}
+    assert set(trained["weight_fisher_mean"]) == {5.0}
+    random_init = table[table["row_kind"] == "random init"].iloc[0]
+    assert random_init["transfer[svhn]_mean"] == pytest.approx(0.35)
+    assert random_init["input_fisher_mean"] == pytest.approx(3.0) and random_init["seeds"] == 3
+    raw = table[table["row_kind"] == "raw pixels"].iloc[0]
+    assert raw["transfer[svhn]_mean"] == pytest.approx(0.3)
