@@ -13,6 +13,7 @@ import html
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -151,86 +152,121 @@ table.tradeoff td:last-child { min-width: 0; }
 """
 
 
-def write_report(results_dir: str | Path, out_dir: str | Path) -> Report:
-    """Write OUT/report.html, OUT/report.md and OUT/figures/ for a study's results folder."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tables = load_tables(results_dir)
-    figures = write_figures(tables, out / "figures")
-    tradeoff = tradeoff_table(results_dir)
-    claims = check_claims(tables)
-    info = read_study_info(results_dir)
-    name = str(info.get("name") or Path(str(results_dir)).name)
-    run_versions = info.get("versions", {})
-    report_versions = software_versions(REPORT_PACKAGES)
-    generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    counts = {t: len(df) for t, df in tables.items()}
-    front = search_section(tables, info)
+@dataclass(frozen=True)
+class _Content:
+    """What the report shows, read once, for its markdown and its HTML page."""
 
+    name: str
+    results_dir: str
+    generated: str
+    counts: dict[str, int]
+    tradeoff: pd.DataFrame
+    claims: pd.DataFrame
+    front: pd.DataFrame | None
+    info: dict[str, Any]
+
+    def rows_line(self, escape: Callable[[str], str] = str) -> str:
+        return ", ".join(f"{escape(t)} {n}" for t, n in self.counts.items())
+
+    def provenance(self) -> pd.DataFrame:
+        """Where the run came from (study.json's provenance: commit, host, GPU, CUDA)."""
+        items = (self.info.get("provenance") or {}).items()
+        return pd.DataFrame(
+            [{"provenance": k, "run": str(v)} for k, v in items], columns=["provenance", "run"]
+        )
+
+    def versions(self) -> pd.DataFrame:
+        """The software of the run (study.json) beside the report's."""
+        run = self.info.get("versions", {})
+        report = software_versions(REPORT_PACKAGES)
+        return pd.DataFrame(
+            [
+                {"package": k, "run": run.get(k, ""), "report": report.get(k, "")}
+                for k in dict.fromkeys([*run, *report])
+            ]
+        )
+
+
+def _report_markdown(c: _Content) -> str:
     markdown = [
-        f"# Study {name}",
+        f"# Study {c.name}",
         "",
-        f"Results: `{results_dir}`. Generated {generated}. Rows: "
-        + ", ".join(f"{t} {n}" for t, n in counts.items())
-        + ".",
+        f"Results: `{c.results_dir}`. Generated {c.generated}. Rows: {c.rows_line()}.",
         "",
         "## Trade-off table (mean ± std over seeds)",
         "",
-        _markdown_table(tradeoff),
+        _markdown_table(c.tradeoff),
         "## Claim checks",
         "",
-        format_claims(claims),
+        format_claims(c.claims),
     ]
-    if front is not None:
-        markdown += ["## Search: Pareto front", "", _markdown_table(front)]
-    md_path = out / "report.md"
-    md_path.write_text("\n".join(markdown))
-    tradeoff.to_csv(out / "tradeoff.csv", index=False)
-    claims.to_csv(out / "claims.csv", index=False)
+    if c.front is not None:
+        markdown += ["## Search: Pareto front", "", _markdown_table(c.front)]
+    provenance = c.provenance()
+    if not provenance.empty:
+        markdown += ["## Provenance", "", _markdown_table(provenance)]
+    return "\n".join(markdown)
 
-    pngs = [p for p in figures if p.suffix == ".png"]
-    spec_text = yaml.safe_dump(info["spec"], sort_keys=False) if "spec" in info else "(unknown)"
-    versions = pd.DataFrame(
-        [
-            {"package": k, "run": run_versions.get(k, ""), "report": report_versions.get(k, "")}
-            for k in dict.fromkeys([*run_versions, *report_versions])
+
+def _report_html(c: _Content, pngs: list[Path]) -> str:
+    spec_text = yaml.safe_dump(c.info["spec"], sort_keys=False) if "spec" in c.info else "(unknown)"
+    front = []
+    if c.front is not None:
+        front = [
+            "<h2>Search: Pareto front</h2><p>The trials no other trial beats on every "
+            "objective of the search.</p>",
+            f'<div id="front">{_html_table(c.front, "front")}</div>',
         ]
-    )
+    provenance = c.provenance()
     body = [
-        f"<h1>Study {html.escape(name)}</h1>",
-        f"<p>Results: <code>{html.escape(str(results_dir))}</code>. Generated "
-        f"{html.escape(generated)}. Rows: "
-        + ", ".join(f"{html.escape(t)} {n}" for t, n in counts.items())
-        + ".</p>",
+        f"<h1>Study {html.escape(c.name)}</h1>",
+        f"<p>Results: <code>{html.escape(c.results_dir)}</code>. Generated "
+        f"{html.escape(c.generated)}. Rows: {c.rows_line(html.escape)}.</p>",
         "<h2>Trade-off table</h2><p>Mean ± standard deviation over seeds.</p>",
-        _tradeoff_html(tradeoff),
+        _tradeoff_html(c.tradeoff),
         "<h2>Claim checks</h2><p>Headline rows; every row is in report.md and claims.csv. "
         "Verdicts use 95% confidence intervals across seeds (analysis/claims.py states the "
         "rules).</p>",
-        _claims_html(claims),
-        *(
-            [
-                "<h2>Search: Pareto front</h2><p>The trials no other trial beats on every "
-                "objective of the search.</p>",
-                f'<div id="front">{_html_table(front, "front")}</div>',
-            ]
-            if front is not None
-            else []
-        ),
+        _claims_html(c.claims),
+        *front,
         "<h2>Figures</h2>",
         *(_figure_html(p) for p in pngs),
         "" if pngs else "<p>No figure: the tables are empty.</p>",
         "<h2>Spec</h2>",
         f"<pre>{html.escape(spec_text)}</pre>",
         "<h2>Software</h2>",
-        _html_table(versions, "versions"),
+        "" if provenance.empty else _html_table(provenance, "provenance"),
+        _html_table(c.versions(), "versions"),
     ]
-    page = (
+    return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>Study {html.escape(name)}</title><style>{CSS}</style></head><body>"
+        f"<title>Study {html.escape(c.name)}</title><style>{CSS}</style></head><body>"
         + "\n".join(body)
         + "</body></html>\n"
     )
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path) -> Report:
+    """Write OUT/report.html, OUT/report.md and OUT/figures/ for a study's results folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = load_tables(results_dir)
+    figures = write_figures(tables, out / "figures")
+    info = read_study_info(results_dir)
+    content = _Content(
+        name=str(info.get("name") or Path(str(results_dir)).name),
+        results_dir=str(results_dir),
+        generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        counts={t: len(df) for t, df in tables.items()},
+        tradeoff=tradeoff_table(results_dir),
+        claims=check_claims(tables),
+        front=search_section(tables, info),
+        info=info,
+    )
+    md_path = out / "report.md"
+    md_path.write_text(_report_markdown(content))
+    content.tradeoff.to_csv(out / "tradeoff.csv", index=False)
+    content.claims.to_csv(out / "claims.csv", index=False)
     html_path = out / "report.html"
-    html_path.write_text(page)
-    return Report(html_path, md_path, figures, claims)
+    html_path.write_text(_report_html(content, [p for p in figures if p.suffix == ".png"]))
+    return Report(html_path, md_path, figures, content.claims)

@@ -387,7 +387,7 @@ def grid_spec(results_dir: Path) -> dict[str, Any]:
                 ]
             },
             "fisher": {"enabled": True},
-            "robustness": {"enabled": True, "eps": [0.5, 1.0, "standard"], "autoattack": True},
+            "robustness": {"enabled": True, "eps": [0.5, 1.0, "standard"], "autoattack": "auto"},
             "inversion": {"enabled": True},
         },
         "output": {"results_dir": str(results_dir)},

@@ -3,6 +3,8 @@ opened in a real headless Chromium (every figure loads, the claim table is there
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -32,7 +34,7 @@ def test_study_run_wrote_the_report_and_printed_its_path(smoke) -> None:  # type
 
 
 def test_the_report_has_figures_tables_claims_spec_and_versions(report) -> None:  # type: ignore[no-untyped-def]
-    _, out = report
+    results, out = report
     page = (out / "report.html").read_text()
     pngs = sorted((out / "figures").glob("*.png"))
     assert {p.stem for p in pngs} >= {"source_accuracy", "transfer", "tradeoff", "fisher"}
@@ -40,7 +42,14 @@ def test_the_report_has_figures_tables_claims_spec_and_versions(report) -> None:
     assert page.count('src="data:image/png;base64,') == len(pngs)  # self-contained
     assert 'id="claims"' in page and "C2" in page and "name: smoke" in page
     assert "torch" in page and "pyarrow" in page  # the run's and the report's software
+    # Where the run came from: study.json's commit, host and GPU, on the page and in markdown.
+    provenance = json.loads((results / "study.json").read_text())["provenance"]
+    assert 'class="dataframe provenance"' in page
     markdown = (out / "report.md").read_text()
+    for key in ("git_commit", "host", "gpu", "cuda"):
+        cells = rf"<td>{key}</td>\s*<td>{re.escape(str(provenance[key]))}</td>"
+        assert re.search(cells, page), key
+        assert f"| {key} | {provenance[key]} |" in markdown, key
     assert "## Claim checks" in markdown and "### C1" in markdown and "| source |" in markdown
 
 
