@@ -162,6 +162,7 @@ class MlflowSink:
                 self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         self._runs_by_key = self._index_runs()
         self._metrics: dict[str, list[Metric]] = defaultdict(list)
+        self._tags: dict[str, dict[str, str]] = defaultdict(dict)
 
     def _index_runs(self) -> dict[str, str]:
         """key tag -> run id of every run of this experiment that carries one."""
@@ -257,7 +258,9 @@ class MlflowSink:
             self.client.log_batch(run_id, metrics=list(m), params=list(p), tags=list(t))
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        self._log_batches(run_id, tags=tags)
+        """Buffer tags; they are sent with the run's metrics at the next flush (no call of their
+        own: a trial's machine tags cost nothing more than its epochs' metrics)."""
+        self._tags[run_id].update({k: str(v) for k, v in tags.items()})
 
     def mark_failed(self, run_id: str, error: str) -> None:
         """Tag a run with why it failed (its buffered metrics go with the tag) and end it FAILED."""
@@ -267,15 +270,17 @@ class MlflowSink:
     def flush(
         self, run_id: str | None = None, tags: Mapping[str, str] | None = None
     ) -> dict[str, float]:
-        """Send buffered metrics with log_batch (all runs, or one run with these tags too);
-        returns the seconds spent on each run (the study splits its logging time by run)."""
-        run_ids = [run_id] if run_id is not None else list(self._metrics)
+        """Send buffered metrics and tags with log_batch (all runs, or one run with these tags
+        too); returns the seconds spent on each run (the study splits its logging time by run)."""
+        run_ids = (
+            [run_id] if run_id is not None else list(dict.fromkeys([*self._metrics, *self._tags]))
+        )
         spent: dict[str, float] = {}
         for rid in run_ids:
             start = self.client.seconds
-            self._log_batches(
-                rid, metrics=self._metrics.pop(rid, []), tags=tags if rid == run_id else None
-            )
+            extra = (tags or {}) if rid == run_id else {}
+            buffered = {**self._tags.pop(rid, {}), **extra}
+            self._log_batches(rid, metrics=self._metrics.pop(rid, []), tags=buffered)
             spent[rid] = self.client.seconds - start
         return spent
 

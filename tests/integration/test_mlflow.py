@@ -71,6 +71,35 @@ def test_metrics_are_buffered_until_flush(mlflow_server: str, tmp_path: Path) ->
     assert len(sink.client.get_metric_history(run, "m")) == 50
 
 
+def test_tags_go_with_the_next_flush_of_the_runs_metrics(
+    mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial's machine tags ride with its buffered metrics: one log_batch, not one each."""
+    sink = MlflowSink(mlflow_server, "tags", tmp_path / "art")
+    run = sink.run_for("r", name="r", role="trial", parent_run_id=None)
+    alone = sink.run_for("s", name="s", role="trial", parent_run_id=None)
+    batches: list[str] = []
+    real = sink.client.log_batch
+
+    def counted(run_id: str, **kwargs: object) -> object:
+        batches.append(run_id)
+        return real(run_id, **kwargs)
+
+    monkeypatch.setattr(sink.client, "log_batch", counted)
+    sink.log_metrics(run, {"train/loss": 0.5}, step=0)
+    sink.set_tags(run, {"atsweep.host": "h", "atsweep.precision": "bf16"})
+    sink.set_tags(alone, {"atsweep.host": "h2"})  # a run with tags and no metrics
+    assert batches == [] and "atsweep.host" not in sink.client.get_run(run).data.tags
+    sink.flush()
+    assert sorted(batches) == sorted([run, alone])  # one call per run
+    tags = sink.client.get_run(run).data.tags
+    assert (tags["atsweep.host"], tags["atsweep.precision"]) == ("h", "bf16")
+    assert sink.client.get_run(alone).data.tags["atsweep.host"] == "h2"
+    assert [m.value for m in sink.client.get_metric_history(run, "train/loss")] == [0.5]
+    sink.flush()
+    assert len(batches) == 2  # nothing buffered: no call
+
+
 def test_batches_respect_mlflows_limits_and_lose_nothing(
     mlflow_server: str, tmp_path: Path
 ) -> None:
