@@ -117,11 +117,9 @@ class TrialHooks:
         recorder: Recorder,
         queue: EvalQueue,
         evaluations_of: EvaluationsOf,
-        progress: Progress | None = None,
+        progress: Progress,
     ) -> None:
         self.recorder, self.queue, self.evaluations_of = recorder, queue, evaluations_of
-        if progress is None:
-            progress = Progress("", recorder.summary, lambda: len(queue))
         self.progress = progress
         self.configs: dict[str, TrainConfig] = {}
         # The first error a hook raised. Tune turns an error in a callback into a TuneError
@@ -221,7 +219,7 @@ def StudyCallback(  # noqa: N802
     recorder: Recorder,
     queue: EvalQueue,
     evaluations_of: EvaluationsOf,
-    progress: Progress | None = None,
+    progress: Progress,
 ) -> Any:
     """A Tune callback bound to a study's recorder, queue and progress (its class is built
     lazily so that importing this module needs no ray)."""

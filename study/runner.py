@@ -130,7 +130,6 @@ class Study:
                 callback = self.callback()
                 fit(build_tuner(self.spec, self.todo, self.search, self.load, callback), callback)
             self.drain()
-            self.progress.stop()
             return self.recorder.finish(started)
         except KeyboardInterrupt as exc:
             stop = as_interrupted(exc)
@@ -139,7 +138,7 @@ class Study:
                 self.recorder.interrupted(started, stop.name)
             raise stop from None
         finally:
-            self.progress.stop()  # a terminal's live panel ends before anything else prints
+            self.progress.stop()  # the live panel's last frame, before the closing lines
             self.shut_down_ray()
 
     def work_ahead(self, search: bool) -> Work:

@@ -377,6 +377,27 @@ def compiled(model: nn.Module, options: RunOptions, device: torch.device) -> nn.
     return torch.compile(model)  # type: ignore[return-value]
 
 
+def measure_test_accuracy(
+    net: nn.Module,
+    test_data: Batches,
+    cfg: TrainConfig,
+    setup: DeviceSetup,
+    robust: torch.Generator | None,
+) -> dict[str, float]:
+    """An epoch's test accuracy, clean and under the trial's eval attack at its own eps (the
+    attack seeded by `robust`; NaN when None: an epoch between training.robust_eval_every)."""
+
+    def accuracy(attack: AttackConfig | None, generator: torch.Generator | None) -> float:
+        return compute_accuracy(
+            net, test_data, norm=cfg.norm, eps=cfg.eps, attack=attack, batch_size=512,
+            setup=setup, generator=generator,
+        )  # fmt: skip
+
+    clean = accuracy(None, None)
+    pgd = accuracy(cfg.eval_attack, robust) if robust is not None else math.nan
+    return {"test/acc_clean": clean, "test/acc_pgd": pgd}
+
+
 def _train_epochs(
     cfg: TrainConfig,
     net: nn.Module,
@@ -428,27 +449,7 @@ def _train_epochs(
             "epoch": float(epoch),
             "train/loss": loss_sum / max(seen, 1),
             "train/acc": correct / max(seen, 1),
-            "test/acc_clean": compute_accuracy(
-                net,
-                test_data,
-                norm=cfg.norm,
-                eps=cfg.eps,
-                attack=None,
-                batch_size=512,
-                setup=setup,
-            ),
-            "test/acc_pgd": compute_accuracy(
-                net,
-                test_data,
-                norm=cfg.norm,
-                eps=cfg.eps,
-                attack=cfg.eval_attack,
-                batch_size=512,
-                setup=setup,
-                generator=eval_gen,
-            )
-            if robust_now
-            else math.nan,
+            **measure_test_accuracy(net, test_data, cfg, setup, eval_gen if robust_now else None),
             "time/train_s": train_time,
             "time/epoch_s": time.perf_counter() - t0,
             "throughput/train_img_s": seen / max(train_time, 1e-9),
